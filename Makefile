@@ -1,0 +1,63 @@
+# vae_jax: every user-facing command. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXP ?= mnist_z20
+WORKDIR ?= runs/$(EXP)
+ARGS ?=
+DATASET ?= mnist
+TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
+
+.PHONY: help install train experiments test test-slow lint format data clean
+
+help:
+	@echo "make install                 create $(VENV) and install vae_jax (editable, dev extras)"
+	@echo "make train EXP=mnist_z20 [WORKDIR=runs/EXP] [ARGS='--config.KEY=VALUE ...']"
+	@echo "make experiments             list the experiments"
+	@echo "make test                    the test suite (CPU, a few minutes)"
+	@echo "make test-slow               the slow end-to-end reproduction of the seed figure (~7 min)"
+	@echo "make lint / make format      ruff"
+	@echo "make data [DATASET=mnist] [TFDS_DATA_DIR=dir]   download and prepare a TFDS dataset"
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+
+$(PY):
+	@echo "No virtual environment at $(VENV): run 'make install' first." >&2; exit 1
+
+train: | $(PY)
+	$(PY) -m vae_jax train $(EXP) --workdir $(WORKDIR) $(ARGS)
+
+experiments: | $(PY)
+	@$(PY) -m vae_jax list
+
+test: | $(PY)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: | $(PY)
+	$(PY) -m pytest -q -m slow
+
+lint: | $(PY)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: | $(PY)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# TFDS's download_and_prepare needs TensorFlow and internet. TensorFlow goes into its own venv
+# (.venv-data) so that it never enters the training environment.
+data:
+	$(PYTHON) -m venv .venv-data
+	.venv-data/bin/python -m pip install --upgrade pip
+	.venv-data/bin/python -m pip install tensorflow-cpu tensorflow-datasets array-record pillow
+	.venv-data/bin/python -c "import tensorflow_datasets as tfds; \
+	  b = tfds.builder('$(DATASET)', data_dir='$(TFDS_DATA_DIR)'); \
+	  b.download_and_prepare(file_format='array_record'); \
+	  print('prepared', b.name, b.version, 'in', b.data_dir)"
+	@echo "Now: export TFDS_DATA_DIR=$(TFDS_DATA_DIR)"
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

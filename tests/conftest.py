@@ -1,0 +1,103 @@
+"""Shared fixtures: the offline MNIST (skipped with a reason when absent), a shared data cache,
+small configs and a synthetic dataset for fast training tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_TFDS = ROOT.parent / "shared" / "data" / "tensorflow_datasets"
+
+
+def tfds_data_dir() -> str | None:
+    """$TFDS_DATA_DIR if it holds mnist, else ../shared/data/tensorflow_datasets if it does."""
+    for d in (os.environ.get("TFDS_DATA_DIR"), str(SHARED_TFDS)):
+        if d and (Path(d) / "mnist").is_dir():
+            return d
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """One data cache per test session (decoded once), never the user's ~/.cache, and one
+    persistent XLA compilation cache, so the many small runs (and subprocesses) compile each
+    program once."""
+    import jax
+
+    os.environ["VAE_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("data_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if tfds_data_dir():
+        os.environ["TFDS_DATA_DIR"] = tfds_data_dir()
+
+
+@pytest.fixture
+def mnist_dir() -> str:
+    d = tfds_data_dir()
+    if d is None:
+        pytest.skip(
+            "prepared MNIST not found: set TFDS_DATA_DIR to a TFDS data dir with mnist/3.0.1 "
+            f"(looked in $TFDS_DATA_DIR and {SHARED_TFDS})"
+        )
+    return d
+
+
+def small_config(**overrides):
+    """The seed config shrunk for tests; ``overrides`` are dotted keys, e.g. model__latent_dim."""
+    from vae_jax.config import base_config
+
+    config = base_config()
+    config.train.batch_size = 32
+    config.train.num_epochs = 2
+    config.train.log_every_steps = 4
+    config.eval.batch_size = 64
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def synthetic_dataset(n_train: int = 256, n_test: int = 96, seed: int = 0):
+    """Blurry random strokes, uint8 28x28x1: enough structure for a VAE to learn something."""
+    from vae_jax.data import Dataset
+
+    rng = np.random.default_rng(seed)
+
+    def images(n):
+        canvas = np.zeros((n, 28, 28), np.float32)
+        for i in range(n):
+            r, c = rng.integers(4, 24, size=2)
+            canvas[i, r - 3 : r + 3, 2:26] = 1.0
+            canvas[i, 2:26, c - 2 : c + 2] = 1.0
+        return (canvas[..., None] * 255).astype(np.uint8)
+
+    return Dataset(
+        images(n_train),
+        rng.integers(0, 10, n_train).astype(np.int32),
+        images(n_test),
+        rng.integers(0, 10, n_test).astype(np.int32),
+    )
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python -m vae_jax ARGS`` in a subprocess, output captured."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "vae_jax", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

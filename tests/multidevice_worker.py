@@ -1,0 +1,47 @@
+"""Run by test_multidevice.py in a subprocess (the device count is fixed at JAX start-up):
+train the tiny synthetic config and print JSON with the history, the final parameters' sums and
+whether the devices drew different noise."""
+
+import json
+import sys
+
+import jax
+import numpy as np
+from conftest import small_config, synthetic_dataset
+
+from vae_jax import parallel
+from vae_jax.train import restore_run, train_and_evaluate
+
+
+def noise_shards_differ() -> bool:
+    """Each device's slice of a batch-sharded normal draw differs from every other's."""
+    mesh = parallel.make_mesh()
+    eps = jax.jit(
+        lambda k: jax.random.normal(k, (32, 20)), out_shardings=parallel.batch_sharding(mesh)
+    )(jax.random.key(0))
+    shards = [np.asarray(s.data) for s in eps.addressable_shards]
+    return (
+        all(not np.allclose(a, b) for i, a in enumerate(shards) for b in shards[i + 1 :])
+        and len(shards) == jax.device_count()
+    )
+
+
+def main(workdir: str) -> None:
+    history = train_and_evaluate(small_config(train__num_epochs=3), workdir, synthetic_dataset())
+    params = restore_run(workdir)[2].params
+    print(
+        json.dumps(
+            {
+                "devices": jax.device_count(),
+                "history": history,
+                "param_sums": [
+                    float(np.asarray(x, np.float64).sum()) for x in jax.tree.leaves(params)
+                ],
+                "noise_shards_differ": noise_shards_differ(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,110 @@
+"""Experiment discovery, command-line overrides and validation."""
+
+import pytest
+
+from vae_jax import config as config_lib
+from vae_jax.config import ConfigError, apply_overrides, base_config, split_override_args
+
+
+def test_every_experiment_loads_and_validates():
+    names = config_lib.available_experiments()
+    assert {"mnist_z20", "mnist_mlp_z20"} <= set(names)
+    for name in names:
+        config = config_lib.load_experiment(name)
+        config_lib.validate(config)
+
+
+def test_every_experiment_docstring_has_command_time_and_metrics():
+    for name in config_lib.available_experiments():
+        text = config_lib.experiment_path(name).read_text()
+        doc = text.split('"""')[1]
+        assert f"make train EXP={name}" in doc, name
+        assert "min" in doc and "nats" in doc, name
+
+
+def test_mnist_z20_is_the_seed_setup():
+    c = config_lib.load_experiment("mnist_z20")
+    assert (c.model.arch, c.model.latent_dim, c.model.likelihood, c.model.noise_scale) == (
+        "conv",
+        20,
+        "bernoulli",
+        1.0,
+    )
+    assert (c.train.batch_size, c.train.learning_rate, c.train.num_epochs) == (100, 1e-3, 10)
+    assert c.data.binarize == "none"
+
+
+def test_unknown_experiment_lists_the_available_ones():
+    with pytest.raises(ConfigError, match=r"unknown experiment 'mnist_z2O'.*mnist_z20"):
+        config_lib.load_experiment("mnist_z2O")
+
+
+def test_split_override_args_both_forms():
+    assert split_override_args(["--config.model.latent_dim=10", "--config.seed", "3"]) == [
+        ("model.latent_dim", "10"),
+        ("seed", "3"),
+    ]
+    with pytest.raises(ConfigError, match="unrecognized argument"):
+        split_override_args(["--lr=3"])
+    with pytest.raises(ConfigError, match="no value"):
+        split_override_args(["--config.seed"])
+
+
+def test_overrides_are_typed_by_the_default():
+    c = apply_overrides(
+        base_config(),
+        [
+            ("model.latent_dim", "10"),
+            ("model.noise_scale", "2"),
+            ("train.learning_rate", "3e-4"),
+            ("model.mlp_hidden_dims", "200,200"),
+            ("data.binarize", "dynamic"),
+            ("model.arch", "mlp"),
+        ],
+    )
+    assert c.model.latent_dim == 10 and isinstance(c.model.latent_dim, int)
+    assert c.model.noise_scale == 2.0 and isinstance(c.model.noise_scale, float)
+    assert c.train.learning_rate == 3e-4
+    assert c.model.mlp_hidden_dims == (200, 200)
+    assert apply_overrides(
+        base_config(), [("model.mlp_hidden_dims", "[300]")]
+    ).model.mlp_hidden_dims == (300,)
+    assert base_config().model.latent_dim == 20  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "model.latnt_dim",
+            "10",
+            r"unknown config key 'model.latnt_dim' "
+            r"\(did you mean 'model.latent_dim'\?\).*valid keys",
+        ),
+        ("model.latent_dim", "0", r"model.latent_dim=0 is invalid; expected an integer >= 1"),
+        ("model.latent_dim", "-3", r"expected an integer >= 1"),
+        ("model.latent_dim", "2.5", r"expected an integer"),
+        ("model.noise_scale", "0", r"expected a finite number > 0"),
+        ("model.noise_scale", "nan", r"expected a finite number > 0"),
+        ("model.noise_scale", "abc", r"expected a number"),
+        ("model.arch", "resnet", r"expected one of conv, mlp"),
+        ("model.likelihood", "poisson", r"expected one of bernoulli, gaussian"),
+        ("data.binarize", "yes", r"expected one of none, dynamic, static"),
+        ("model.mlp_hidden_dims", "500,-1", r"non-empty list of positive integers"),
+        ("model.mlp_hidden_dims", "a,b", r"comma-separated list of integers"),
+        ("data.train_size", "50", r"smaller than train.batch_size=100"),
+        ("model", "3", r"unknown config key 'model'"),
+    ],
+)
+def test_bad_overrides_name_the_problem(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(base_config(), [(key, value)])
+
+
+def test_diff_ignores_nothing_but_reports_changes():
+    saved = config_lib.to_json_dict(base_config())
+    changed = apply_overrides(base_config(), [("model.latent_dim", "5"), ("train.num_epochs", "3")])
+    assert config_lib.diff(saved, changed) == {
+        "model.latent_dim": (20, 5),
+        "train.num_epochs": (10, 3),
+    }

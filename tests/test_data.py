@@ -1,0 +1,134 @@
+"""Loading MNIST from the offline TFDS dir, the decoded-array cache, and binarization."""
+
+import gzip
+import hashlib
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import data
+from vae_jax.config import base_config
+
+# Label counts of the MNIST database (LeCun et al.), train and test.
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes())
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def test_mnist_from_tfds_matches_the_idx_files(mnist_dir):
+    """Same images (as a multiset, paired with labels) as the raw IDX files; no TensorFlow."""
+    for split, idx_prefix, counts in (
+        ("train", "train", TRAIN_COUNTS),
+        ("test", "t10k", TEST_COUNTS),
+    ):
+        images, labels = data.load_split("mnist", split, mnist_dir)
+        assert images.shape == (len(labels), 28, 28, 1) and images.dtype == np.uint8
+        assert labels.dtype == np.int32
+        assert np.bincount(labels).tolist() == counts
+        idx_dir = Path(mnist_dir).parent / "mnist-idx"
+        if not idx_dir.is_dir():
+            continue
+        idx_images = _read_idx(idx_dir / f"{idx_prefix}-images-idx3-ubyte.gz")
+        idx_labels = _read_idx(idx_dir / f"{idx_prefix}-labels-idx1-ubyte.gz")
+
+        def keyed(imgs, labs):
+            return sorted(
+                hashlib.sha1(i.tobytes()).hexdigest() + str(lab)
+                for i, lab in zip(imgs, labs, strict=True)
+            )
+
+        assert keyed(images[..., 0], labels) == keyed(idx_images, idx_labels)
+    assert "tensorflow" not in sys.modules
+
+
+def test_cache_is_used_and_damage_is_detected(mnist_dir, monkeypatch, capsys):
+    images, labels = data.load_split("mnist", "test", mnist_dir)  # decodes or reads the cache
+    cached = list(data.cache_dir().glob("mnist-*-test-*.npz"))
+    assert len(cached) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache is valid")
+
+    monkeypatch.setattr(data, "_decode", no_decoding)
+    again, _ = data.load_split("mnist", "test", mnist_dir)
+    np.testing.assert_array_equal(again, images)
+
+    # Corrupt the cached arrays (keep the zip valid): the checksum must catch it.
+    with np.load(cached[0]) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["images"] = arrays["images"].copy()
+    arrays["images"][0, 0, 0, 0] ^= 1
+    np.savez(cached[0], **arrays)
+    monkeypatch.undo()
+    rebuilt, rebuilt_labels = data.load_split("mnist", "test", mnist_dir)
+    assert "fails its checksum" in capsys.readouterr().err
+    np.testing.assert_array_equal(rebuilt, images)
+    np.testing.assert_array_equal(rebuilt_labels, labels)
+
+    cached[0].write_bytes(b"truncated")
+    np.testing.assert_array_equal(data.load_split("mnist", "test", mnist_dir)[0], images)
+    assert "unreadable data cache" in capsys.readouterr().err
+
+
+def test_unprepared_data_dir_says_how_to_fix_it(tmp_path):
+    with pytest.raises(data.DataError) as e:
+        data.load_split("mnist", "train", str(tmp_path))
+    message = str(e.value)
+    assert f"'mnist' is not prepared in '{tmp_path}'" in message
+    assert "export TFDS_DATA_DIR=" in message and "make data" in message
+    assert not any(tmp_path.iterdir())  # nothing written into the data dir
+
+
+def test_unknown_dataset_and_split(mnist_dir):
+    with pytest.raises(data.DataError, match="unknown TFDS dataset 'mnistt'"):
+        data.load_split("mnistt", "train", mnist_dir)
+    with pytest.raises(data.DataError, match="has no split 'validation'; it has train, test"):
+        data.load_split("mnist", "validation", mnist_dir)
+
+
+def test_subsets_and_static_binarization(mnist_dir):
+    config = base_config().data
+    config.tfds_data_dir = mnist_dir
+    full = data.load_dataset(config)
+    config.train_size, config.test_size = 1000, 300
+    small = data.load_dataset(config)
+    np.testing.assert_array_equal(small.train_images, full.train_images[:1000])
+    np.testing.assert_array_equal(small.test_labels, full.test_labels[:300])
+
+    config.binarize = "static"
+    binary = data.load_dataset(config)
+    assert set(np.unique(binary.train_images)) == {0, 255}
+    np.testing.assert_array_equal(binary.train_images, data.load_dataset(config).train_images)
+    # The fraction of ones matches the mean intensity (a Bernoulli sample of it).
+    assert binary.train_images.mean() / 255 == pytest.approx(
+        small.train_images.mean() / 255, abs=0.005
+    )
+    # Image i's bits do not depend on the subset size.
+    config.train_size = 500
+    np.testing.assert_array_equal(data.load_dataset(config).train_images, binary.train_images[:500])
+    config.binarize_seed = 1
+    assert not np.array_equal(data.load_dataset(config).train_images, binary.train_images[:500])
+
+    config.binarize_seed, config.binarize = 0, "dynamic"
+    dynamic = data.load_dataset(config)
+    np.testing.assert_array_equal(dynamic.train_images, small.train_images[:500])  # stays grayscale
+    np.testing.assert_array_equal(dynamic.test_images, binary.test_images)  # test: fixed bits
+
+
+def test_dynamic_binarize_is_fresh_per_key_and_unbiased():
+    x = jnp.full((64, 28, 28, 1), 0.3)
+    a = data.dynamic_binarize(jax.random.key(0), x)
+    b = data.dynamic_binarize(jax.random.key(1), x)
+    assert set(np.unique(np.asarray(a)).tolist()) == {0.0, 1.0}
+    assert not np.array_equal(a, b)
+    assert float(a.mean()) == pytest.approx(0.3, abs=0.01)

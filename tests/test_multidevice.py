@@ -1,0 +1,64 @@
+"""One CPU device vs. four forced CPU devices: the same loss curve within float tolerance."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(devices: int, workdir: Path) -> dict:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(HERE),
+    }
+    out = subprocess.run(
+        [sys.executable, str(HERE / "multidevice_worker.py"), str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_one_vs_four_devices(tmp_path):
+    one, four = _run(1, tmp_path / "one"), _run(4, tmp_path / "four")
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert four["noise_shards_differ"]
+    for key in ("train_loss_nats", "train_recon_nats", "train_kl_nats", "test_neg_elbo_nats"):
+        a = [r[key] for r in one["history"]]
+        b = [r[key] for r in four["history"]]
+        np.testing.assert_allclose(b, a, rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(four["param_sums"], one["param_sums"], rtol=1e-4, atol=1e-4)
+    assert four["history"][0]["devices"] == 4
+
+
+@pytest.mark.parametrize("devices", [4])
+def test_batch_must_divide_by_devices(tmp_path, devices):
+    from conftest import run_cli
+
+    workdir = tmp_path / "run"
+    out = run_cli(
+        "train",
+        "mnist_z20",
+        "--workdir",
+        str(workdir),
+        "--config.train.batch_size=50",
+        env={
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_PLATFORMS": "cpu",
+        },
+    )
+    assert out.returncode == 2
+    assert "train.batch_size=50 does not divide by the 4 devices" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not workdir.exists()

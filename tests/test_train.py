@@ -1,0 +1,205 @@
+"""The training loop on a small synthetic dataset: determinism, resume, checkpoints, outputs."""
+
+import json
+import logging
+import struct
+
+import jax
+import numpy as np
+import pytest
+from conftest import small_config, synthetic_dataset
+
+from vae_jax import parallel
+from vae_jax.checkpoints import Checkpointer
+from vae_jax.config import ConfigError
+from vae_jax.reporting import read_jsonl, tensorboard_scalars
+from vae_jax.train import abstract_state, restore_run, train_and_evaluate
+
+
+def _tensorboard_scalars(logdir) -> set:
+    """(tag, step, value) of every scalar in the event files, parsed without TensorFlow."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = set()
+    for path in logdir.glob("events.out.tfevents.*"):
+        raw, i = path.read_bytes(), 0
+        while i < len(raw):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            event = Event.FromString(raw[i + 12 : i + 12 + n])
+            out |= {(v.tag, event.step, v.simple_value) for v in event.summary.value}
+            i += 12 + n + 4
+    return out
+
+
+def _params(workdir):
+    return restore_run(workdir)[2].params
+
+
+def _assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset()
+
+
+def test_same_seed_same_params_different_seed_different(tmp_path, data):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train_and_evaluate(small_config(seed=seed, train__num_epochs=1), tmp_path / name, data)
+    _assert_trees_equal(_params(tmp_path / "a"), _params(tmp_path / "b"))
+    a, c = jax.tree.leaves(_params(tmp_path / "a")), jax.tree.leaves(_params(tmp_path / "c"))
+    assert all(not np.allclose(x, y) for x, y in zip(a, c, strict=True) if x.size > 1)
+
+
+def test_resume_after_epoch_k_equals_uninterrupted_run(tmp_path, data):
+    """Bit for bit: parameters, optimizer state and per-epoch metrics."""
+    full = train_and_evaluate(small_config(train__num_epochs=3), tmp_path / "full", data)
+    first = train_and_evaluate(small_config(train__num_epochs=1), tmp_path / "split", data)
+    resumed = train_and_evaluate(small_config(train__num_epochs=3), tmp_path / "split", data)
+    assert len(first) == 1 and len(resumed) == 3
+    _, _, a, _ = restore_run(tmp_path / "full")
+    _, _, b, _ = restore_run(tmp_path / "split")
+    _assert_trees_equal(a, b)
+    skip = ("train_seconds", "images_per_sec", "eval_seconds", "compile_seconds", "time")
+    for x, y in zip(full, resumed, strict=True):
+        assert {k: v for k, v in x.items() if k not in skip} == {
+            k: v for k, v in y.items() if k not in skip
+        }
+    assert read_jsonl(tmp_path / "split" / "metrics.jsonl") == resumed
+
+
+def test_finished_run_does_nothing(tmp_path, data, capsys):
+    history = train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    mtime = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
+    assert train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data) == history
+    assert "finished" in capsys.readouterr().out
+    assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_checkpoint_round_trip(tmp_path):
+    config = small_config()
+    mesh = parallel.make_mesh()
+    like = abstract_state(config, (28, 28, 1), mesh)
+    leaves, treedef = jax.tree.flatten(like)
+    rng = np.random.default_rng(0)
+    state = jax.tree.unflatten(
+        treedef,
+        [
+            jax.device_put(
+                rng.integers(0, 2**31, s.shape).astype(s.dtype)
+                if np.issubdtype(s.dtype, np.integer)
+                else rng.normal(size=s.shape).astype(s.dtype),
+                s.sharding,
+            )
+            for s in leaves
+        ],
+    )
+    meta = {"epoch": 3, "step": 24, "image_shape": [28, 28, 1], "history": [{"a": 1.5}]}
+    checkpointer = Checkpointer(tmp_path / "ckpt", max_to_keep=2)
+    for step in (8, 16, 24):
+        checkpointer.save(step, state, {**meta, "step": step})
+    assert checkpointer.latest_step() == 24
+    assert sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == [
+        16,
+        24,
+    ]
+    restored, restored_meta = checkpointer.restore(24, like)
+    checkpointer.close()
+    _assert_trees_equal(state, restored)
+    assert restored_meta == {**meta, "step": 24}
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+
+
+def test_outputs_of_a_run(tmp_path, data):
+    history = train_and_evaluate(small_config(train__num_epochs=3), tmp_path, data, name="tiny")
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["step"] for r in history] == [8, 16, 24]  # 256 images, batch 32
+    assert history[-1]["train_loss_nats"] < history[0]["train_loss_nats"]
+    assert history[-1]["test_neg_elbo_nats"] < history[0]["test_neg_elbo_nats"]
+    for r in history:
+        assert r["test_neg_elbo_nats"] == pytest.approx(r["test_recon_nats"] + r["test_kl_nats"])
+        assert r["train_loss_nats"] == pytest.approx(r["train_recon_nats"] + r["train_kl_nats"])
+        assert r["images_per_sec"] > 0
+    assert read_jsonl(tmp_path / "metrics.jsonl") == history
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["latent_dim"] == 20 and saved["train"]["batch_size"] == 32
+    names = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert names == {
+        "originals.png",
+        "reconstructions.png",
+        *(f"recon_epoch_{e:02d}.png" for e in (1, 2, 3)),
+        *(f"samples_epoch_{e:02d}.png" for e in (1, 2, 3)),
+    }
+    assert _tensorboard_scalars(tmp_path / "tensorboard") == {
+        (tag, r["epoch"], float(np.float32(value)))  # TensorBoard stores float32
+        for r in history
+        for tag, value in tensorboard_scalars(r).items()
+    }
+    ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts == [8, 16, 24]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
+    """Evaluating the saved parameters again gives the logged test -ELBO exactly."""
+    from vae_jax.evaluate import make_test_evaluator
+
+    history = train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    config, model, state, _ = restore_run(tmp_path)
+    evaluate = make_test_evaluator(
+        model, config, data.test_images, parallel.make_mesh(), state.root
+    )
+    assert evaluate(state.params)["neg_elbo"] == history[-1]["test_neg_elbo_nats"]
+
+
+@pytest.mark.parametrize("binarize", ["dynamic", "static"])
+def test_binarized_training(tmp_path, data, binarize):
+    history = train_and_evaluate(small_config(data__binarize=binarize), tmp_path, data)
+    assert np.isfinite(history[-1]["test_neg_elbo_nats"])
+
+
+def test_reported_test_kl_is_that_of_the_scaled_posterior(tmp_path, data):
+    """With noise_scale=2 the logged test KL is KL(N(mean, (2*stddev)^2) || N(0, I)),
+    recomputed here in float64 from the saved encoder's outputs."""
+    config = small_config(model__noise_scale=2.0, train__num_epochs=1)
+    history = train_and_evaluate(config, tmp_path, data)
+    _, model, state, _ = restore_run(tmp_path)
+    mean, logvar = model.apply(
+        {"params": state.params}, data.test_images.astype(np.float32) / 255.0, method="encode"
+    )
+    mean, var = np.asarray(mean, np.float64), 4.0 * np.exp(np.asarray(logvar, np.float64))
+    kl = 0.5 * np.sum(mean**2 + var - np.log(var) - 1.0, axis=-1).mean()
+    assert history[0]["test_kl_nats"] == pytest.approx(kl, rel=1e-5)
+    seed_kl = 0.5 * np.sum(mean**2 + var / 4 - np.log(var / 4) - 1.0, axis=-1).mean()
+    assert kl - seed_kl > 1.0  # the seed's latent term would understate it
+
+
+def test_workdir_with_other_config_is_refused_and_untouched(tmp_path, data):
+    train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match=r"model.latent_dim: 20 in the workdir, 5 now"):
+        train_and_evaluate(small_config(model__latent_dim=5), tmp_path, data)
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_foreign_nonempty_directory_is_refused(tmp_path, data):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no vae_jax run"):
+        train_and_evaluate(small_config(), tmp_path, data)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_no_recompilation_after_the_first_step(tmp_path, data, caplog):
+    """Compilations in a 1-epoch run equal those in a 3-epoch run: nothing compiles per epoch."""
+
+    def count(workdir, epochs):
+        caplog.clear()
+        with jax.log_compiles(), caplog.at_level(logging.WARNING):
+            train_and_evaluate(small_config(train__num_epochs=epochs), workdir, data)
+        return sum("Compiling" in r.getMessage() for r in caplog.records)
+
+    one, three = count(tmp_path / "one", 1), count(tmp_path / "three", 3)
+    assert one > 0
+    assert three == one
