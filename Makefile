@@ -52,7 +52,7 @@ format: | $(PY)
 data:
 	$(PYTHON) -m venv .venv-data
 	.venv-data/bin/python -m pip install --upgrade pip
-	.venv-data/bin/python -m pip install tensorflow-cpu tensorflow-datasets array-record pillow
+	.venv-data/bin/python -m pip install tensorflow-cpu tensorflow-datasets array-record pillow importlib_resources
 	.venv-data/bin/python -c "import tensorflow_datasets as tfds; \
 	  b = tfds.builder('$(DATASET)', data_dir='$(TFDS_DATA_DIR)'); \
 	  b.download_and_prepare(file_format='array_record'); \

@@ -47,47 +47,35 @@ def test_smoke_run_writes_figures_metrics_and_resumes(tmp_path, mnist_dir):
     assert "resuming after epoch 2" in more.stdout and "epoch  3/3" in more.stdout
 
 
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "env", "message"),
     [
-        (["train", "mnist_z2O"], "unknown experiment 'mnist_z2O' (did you mean 'mnist_z20'?)"),
+        (["mnist_z2O"], {}, "unknown experiment 'mnist_z2O' (did you mean 'mnist_z20'?)"),
+        (["nope"], {}, "mnist_mlp_z20, mnist_z20"),  # lists the experiments
+        (["mnist_z20", "--config.model.latnt_dim=5"], {}, "unknown config key 'model.latnt_dim'"),
+        (["mnist_z20", "--config.model.latent_dim=0"], {}, "model.latent_dim=0 is invalid"),
+        (["mnist_z20", "--config.model.latent_dim=-1"], {}, "expected an integer >= 1"),
+        (["mnist_z20", "--config.data.binarize=maybe"], {}, "one of none, dynamic, static"),
+        (["mnist_z20", "--lr=3"], {}, "unrecognized argument '--lr=3'"),
         (
-            ["train", "mnist_z20", "--config.model.latnt_dim=5"],
-            "unknown config key 'model.latnt_dim'",
+            ["mnist_z20", "--config.train.batch_size=50"],
+            FOUR_DEVICES,
+            "train.batch_size=50 does not divide by the 4 devices",
         ),
-        (["train", "mnist_z20", "--config.model.latent_dim=0"], "model.latent_dim=0 is invalid"),
-        (["train", "mnist_z20", "--config.model.latent_dim=-1"], "expected an integer >= 1"),
-        (["train", "mnist_z20", "--config.data.binarize=maybe"], "one of none, dynamic, static"),
-        (["train", "mnist_z20", "--lr=3"], "unrecognized argument '--lr=3'"),
+        (["mnist_z20"], {"TFDS_DATA_DIR": "{tmp}/empty"}, "is not prepared in '{tmp}/empty'"),
     ],
 )
-def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, args, env, message):
     workdir = tmp_path / "run"
-    out = run_cli(*args, "--workdir", str(workdir))
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    out = run_cli("train", *args, "--workdir", str(workdir), env=env)
     assert out.returncode == 2, out.stderr
-    assert message in out.stderr
+    assert message.format(tmp=tmp_path) in out.stderr
     assert "Traceback" not in out.stderr
-    assert not workdir.exists()
-
-
-def test_unknown_experiment_lists_the_experiments(tmp_path):
-    out = run_cli("train", "nope", "--workdir", str(tmp_path / "run"))
-    assert out.returncode == 2
-    assert "mnist_z20" in out.stderr and "mnist_mlp_z20" in out.stderr
-
-
-def test_missing_data_exits_2_and_writes_nothing(tmp_path):
-    workdir = tmp_path / "run"
-    out = run_cli(
-        "train",
-        "mnist_z20",
-        "--workdir",
-        str(workdir),
-        env={"TFDS_DATA_DIR": str(tmp_path / "empty")},
-    )
-    assert out.returncode == 2
-    assert "is not prepared" in out.stderr and "make data" in out.stderr
-    assert not workdir.exists() and not (tmp_path / "empty").exists()
+    assert list(tmp_path.iterdir()) == []  # no workdir, nothing in the data dir either
 
 
 def test_make_train_with_unknown_exp_lists_experiments(tmp_path):

@@ -11,7 +11,7 @@ from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
 from vae_jax.checkpoints import Checkpointer
-from vae_jax.config import ConfigError
+from vae_jax.config import ConfigError, to_json_dict
 from vae_jax.reporting import read_jsonl, tensorboard_scalars
 from vae_jax.train import abstract_state, restore_run, train_and_evaluate
 
@@ -182,6 +182,15 @@ def test_workdir_with_other_config_is_refused_and_untouched(tmp_path, data):
     with pytest.raises(ConfigError, match=r"model.latent_dim: 20 in the workdir, 5 now"):
         train_and_evaluate(small_config(model__latent_dim=5), tmp_path, data)
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_restore_run_without_a_run_or_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="holds no vae_jax run"):
+        restore_run(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(to_json_dict(small_config())))
+    with pytest.raises(ConfigError, match="has no checkpoint yet"):
+        restore_run(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 
 def test_foreign_nonempty_directory_is_refused(tmp_path, data):

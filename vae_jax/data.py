@@ -151,6 +151,11 @@ def load_split(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.nda
             f"TFDS dataset {name!r} in {data_dir!r} has no split {split!r}; "
             f"it has {', '.join(builder.info.splits)}"
         )
+    if "image" not in builder.info.features:
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir!r} has no 'image' feature (it has "
+            f"{', '.join(builder.info.features)}); expected an image dataset like mnist"
+        )
     key = _fingerprint(builder, split)[:20]
     path = cache_dir() / f"{name}-{builder.version}-{split}-{key}.npz"
     cached = _read_cache(path)

@@ -82,6 +82,8 @@ def restore_run(
     if saved is None:
         raise config_lib.ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
     config = config_lib.from_json_dict(saved)
+    if not run.checkpoints.is_dir():
+        raise config_lib.ConfigError(f"{run.path} has no checkpoint yet")
     checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
     try:
         step = checkpointer.latest_step() if step is None else step
@@ -221,8 +223,9 @@ def train_and_evaluate(
     metrics_writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
     start_epoch = len(history)
 
+    platform = jax.devices()[0].platform
     print(
-        f"vae_jax {name}: {run.path} | {n_devices} {jax.devices()[0].platform} device(s) | "
+        f"vae_jax {name or 'run'}: {run.path} | {n_devices} {platform} device(s) | "
         f"{n_train} train / {len(dataset.test_images)} test images, batch {batch_size}, "
         f"{steps_per_epoch} steps/epoch"
         + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
@@ -302,25 +305,27 @@ class EpochTrainer:
         perm = self._permute(state.rng, jnp.int32(epoch - 1))
         sums = self._zeros
         bar = tqdm(
-            total=self.steps_per_epoch,
+            total=self.steps_per_epoch * self.batch_size,
             desc=f"epoch {epoch}/{self.num_epochs}",
-            unit="step",
+            unit="img",
+            unit_scale=True,
             leave=False,
             disable=not is_writer(),
             mininterval=0.5,
         )
         start = time.perf_counter()
         shown = None  # (sums, steps) of the previous log point, computed by now: no stall
-        for i in range(1, self.steps_per_epoch + 1):
-            state, sums = self._step(state, sums, self.images, perm)
-            if i % self.log_every == 0 or i == self.steps_per_epoch:
-                if shown is not None:
-                    loss = float(shown[0][0]) / shown[1]
-                    rate = shown[1] * self.batch_size / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{rate:.0f}", refresh=False)
-                bar.update(i - bar.n)
-                shown = (sums, i)
-        means = np.asarray(sums) / self.steps_per_epoch  # the epoch's one host sync
+        # Any implicit host<->device transfer in the loop is an error; the one read is explicit.
+        with jax.transfer_guard("disallow"):
+            for i in range(1, self.steps_per_epoch + 1):
+                state, sums = self._step(state, sums, self.images, perm)
+                if i % self.log_every == 0 or i == self.steps_per_epoch:
+                    if shown is not None:
+                        loss = float(jax.device_get(shown[0])[0]) / shown[1]
+                        bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
+                    bar.update(i * self.batch_size - bar.n)
+                    shown = (sums, i)
+        means = jax.device_get(sums) / self.steps_per_epoch  # the epoch's one host sync
         seconds = time.perf_counter() - start
         bar.close()
         return state, dict(zip(TRAIN_METRICS, means.tolist(), strict=True)), seconds
