@@ -101,3 +101,40 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess
         text=True,
         timeout=600,
     )
+
+
+WORKER = Path(__file__).resolve().parent / "train_worker.py"
+
+
+def start_worker(workdir: Path, *args: str) -> subprocess.Popen:
+    """``tests/train_worker.py WORKDIR ARGS`` in the background, stdout and stderr piped."""
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent)}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(workdir), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, line: str, timeout: float = 300.0) -> str:
+    """Read a process's stdout until a line that starts with ``line`` (fail if it exits first)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = proc.stdout.readline()
+        if out.startswith(line):
+            return out
+        if not out and proc.poll() is not None:
+            raise AssertionError(
+                f"worker exited ({proc.returncode}) before {line!r}: {proc.stderr.read()[-3000:]}"
+            )
+    proc.kill()
+    raise AssertionError(f"timed out waiting for {line!r}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300.0) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err

@@ -1,12 +1,15 @@
 """The command line as a user runs it: a smoke run on a subset, and bad input."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, finish, run_cli, wait_for_line
 
 SMALL = [
     "--config.data.train_size=600",
@@ -44,7 +47,7 @@ def test_smoke_run_writes_figures_metrics_and_resumes(tmp_path, mnist_dir):
         "train", "mnist_z20", "--workdir", str(workdir), *SMALL[:-1], "--config.train.num_epochs=3"
     )
     assert more.returncode == 0, more.stderr[-3000:]
-    assert "resuming after epoch 2" in more.stdout and "epoch  3/3" in more.stdout
+    assert "resuming at step 24 (epoch 3)" in more.stdout and "epoch  3/3" in more.stdout
 
 
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
@@ -57,7 +60,7 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PL
         (["nope"], {}, "mnist_mlp_z20, mnist_z20"),  # lists the experiments
         (["mnist_z20", "--config.model.latnt_dim=5"], {}, "unknown config key 'model.latnt_dim'"),
         (["mnist_z20", "--config.model.latent_dim=0"], {}, "model.latent_dim=0 is invalid"),
-        (["mnist_z20", "--config.model.latent_dim=-1"], {}, "expected an integer >= 1"),
+        (["mnist_z20", "--config.model.latent_dim=-1"], {}, "expected an integer from 1 to"),
         (["mnist_z20", "--config.data.binarize=maybe"], {}, "one of none, dynamic, static"),
         (["mnist_z20", "--lr=3"], {}, "unrecognized argument '--lr=3'"),
         (
@@ -96,3 +99,28 @@ def test_list_experiments():
     out = run_cli("list")
     assert out.returncode == 0
     assert {"mnist_z20", "mnist_mlp_z20"} <= set(out.stdout.split())
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, mnist_dir):
+    workdir = tmp_path / "run"
+    args = ["train", "mnist_z20", "--workdir", str(workdir), *SMALL]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_jax", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_line(proc, "vae_jax mnist_z20:")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 128 + signal.SIGTERM, err[-3000:]
+    step = int(re.search(r"stopped by SIGTERM at step (\d+) \(epoch \d+, \d+/12 steps", err)[1])
+    assert f"a checkpoint at step {step} is saved" in err
+    assert f"Resume with the same command:\n  python -m vae_jax {' '.join(args)}" in err
+    assert "Traceback" not in err
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming at step {step}" in again.stdout and "epoch  2/2" in again.stdout

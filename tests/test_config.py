@@ -1,6 +1,10 @@
 """Experiment discovery, command-line overrides and validation."""
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vae_jax import config as config_lib
 from vae_jax.config import ConfigError, apply_overrides, base_config, split_override_args
@@ -81,8 +85,10 @@ def test_overrides_are_typed_by_the_default():
             r"unknown config key 'model.latnt_dim' "
             r"\(did you mean 'model.latent_dim'\?\).*valid keys",
         ),
-        ("model.latent_dim", "0", r"model.latent_dim=0 is invalid; expected an integer >= 1"),
-        ("model.latent_dim", "-3", r"expected an integer >= 1"),
+        ("model.latent_dim", "0", r"model.latent_dim=0 is invalid; expected an integer from 1 "),
+        ("model.latent_dim", "-3", r"expected an integer from 1 to 2147483647"),
+        ("seed", str(2**40), r"seed=1099511627776 is invalid; expected an integer from 0 to"),
+        ("checkpoint.every_seconds", "-1", r"expected a finite number >= 0"),
         ("model.latent_dim", "2.5", r"expected an integer"),
         ("model.noise_scale", "0", r"expected a finite number > 0"),
         ("model.noise_scale", "nan", r"expected a finite number > 0"),
@@ -108,3 +114,46 @@ def test_diff_ignores_nothing_but_reports_changes():
         "model.latent_dim": (20, 5),
         "train.num_epochs": (10, 3),
     }
+
+
+KEYS = sorted(config_lib.flatten(base_config()))
+VALUES = st.one_of(
+    st.text(max_size=12),
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(
+        ["true", "false", "none", "dynamic", "mlp", "1e400", "-0", "500,500", "[]", "()"]
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    overrides=st.lists(
+        st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=20)), VALUES), max_size=4
+    )
+)
+def test_random_overrides_apply_or_fail_clearly(overrides):
+    """Any keys and values: a validated config, or a ConfigError; never another exception."""
+    try:
+        config = apply_overrides(base_config(), overrides)
+    except ConfigError as e:
+        assert str(e)
+        return
+    config_lib.validate(config)
+    assert config_lib.from_json_dict(config_lib.to_json_dict(config)) == config
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    args=st.lists(
+        st.one_of(
+            st.text(max_size=30),
+            st.sampled_from(["--config.seed", "--config.model.arch=conv", "--config."]),
+        ),
+        max_size=5,
+    )
+)
+def test_random_command_lines_split_or_fail_clearly(args):
+    with contextlib.suppress(ConfigError):
+        apply_overrides(base_config(), split_override_args(args))

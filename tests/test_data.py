@@ -132,3 +132,60 @@ def test_dynamic_binarize_is_fresh_per_key_and_unbiased():
     assert set(np.unique(np.asarray(a)).tolist()) == {0.0, 1.0}
     assert not np.array_equal(a, b)
     assert float(a.mean()) == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d._replace(train_images=d.train_images.astype(np.float32)),
+            r"dataset.train_images holds 64 float32 array\(s\) of shape \(28, 28, 1\); "
+            r"expected uint8",
+        ),
+        (
+            lambda d: d._replace(test_images=d.test_images[..., 0]),
+            r"dataset.test_images holds 32 uint8 array\(s\) of shape \(28, 28\); "
+            r"expected uint8 images",
+        ),
+        (
+            lambda d: d._replace(test_images=np.zeros((32, 32, 32, 3), np.uint8)),
+            r"train images are \(28, 28, 1\) but test images are \(32, 32, 3\)",
+        ),
+        (
+            lambda d: d._replace(train_labels=d.train_labels[:10]),
+            r"dataset.train_labels has shape \(10,\); expected \(64,\)",
+        ),
+        (
+            lambda d: d._replace(train_images=d.train_images[:0], train_labels=d.train_labels[:0]),
+            r"holds 0 uint8",
+        ),
+        (
+            lambda d: d._replace(train_images=list(d.train_images)),
+            r"is a list; expected a numpy array",
+        ),
+    ],
+)
+def test_malformed_custom_datasets_are_named(change, message):
+    from conftest import synthetic_dataset
+
+    with pytest.raises(data.DataError, match=message):
+        data.check_dataset(change(synthetic_dataset(64, 32)), batch_size=32)
+
+
+def test_custom_dataset_errors_come_before_anything_is_written(tmp_path):
+    from conftest import small_config, synthetic_dataset
+
+    from vae_jax.errors import ConfigError
+    from vae_jax.train import train_and_evaluate
+
+    bad = synthetic_dataset(64, 32)._replace(train_images=np.zeros((64, 28, 28), np.float64))
+    with pytest.raises(data.DataError, match="expected uint8 images"):
+        train_and_evaluate(small_config(), tmp_path / "a", bad)
+    rgb = synthetic_dataset(64, 32)
+    rgb = rgb._replace(
+        train_images=np.zeros((64, 32, 32, 3), np.uint8),
+        test_images=np.zeros((32, 32, 32, 3), np.uint8),
+    )
+    with pytest.raises(ConfigError, match=r"seed's 28x28x1 network; images are \(32, 32, 3\)"):
+        train_and_evaluate(small_config(), tmp_path / "b", rgb)
+    assert list(tmp_path.iterdir()) == []

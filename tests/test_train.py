@@ -10,10 +10,9 @@ import pytest
 from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
-from vae_jax.checkpoints import Checkpointer
 from vae_jax.config import ConfigError, to_json_dict
 from vae_jax.reporting import read_jsonl, tensorboard_scalars
-from vae_jax.train import abstract_state, restore_run, train_and_evaluate
+from vae_jax.train import restore_run, train_and_evaluate
 
 
 def _tensorboard_scalars(logdir) -> set:
@@ -76,40 +75,6 @@ def test_finished_run_does_nothing(tmp_path, data, capsys):
     assert train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data) == history
     assert "finished" in capsys.readouterr().out
     assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == mtime
-
-
-def test_checkpoint_round_trip(tmp_path):
-    config = small_config()
-    mesh = parallel.make_mesh()
-    like = abstract_state(config, (28, 28, 1), mesh)
-    leaves, treedef = jax.tree.flatten(like)
-    rng = np.random.default_rng(0)
-    state = jax.tree.unflatten(
-        treedef,
-        [
-            jax.device_put(
-                rng.integers(0, 2**31, s.shape).astype(s.dtype)
-                if np.issubdtype(s.dtype, np.integer)
-                else rng.normal(size=s.shape).astype(s.dtype),
-                s.sharding,
-            )
-            for s in leaves
-        ],
-    )
-    meta = {"epoch": 3, "step": 24, "image_shape": [28, 28, 1], "history": [{"a": 1.5}]}
-    checkpointer = Checkpointer(tmp_path / "ckpt", max_to_keep=2)
-    for step in (8, 16, 24):
-        checkpointer.save(step, state, {**meta, "step": step})
-    assert checkpointer.latest_step() == 24
-    assert sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == [
-        16,
-        24,
-    ]
-    restored, restored_meta = checkpointer.restore(24, like)
-    checkpointer.close()
-    _assert_trees_equal(state, restored)
-    assert restored_meta == {**meta, "step": 24}
-    assert jax.tree.structure(restored) == jax.tree.structure(state)
 
 
 def test_outputs_of_a_run(tmp_path, data):

@@ -1,60 +1,167 @@
-"""Orbax checkpoints of the train state plus a JSON record of the run's progress.
+"""Verified Orbax checkpoints of the training loop's state, with fallback past damaged ones.
 
-Each checkpoint is a step folder in ``<workdir>/checkpoints`` with two items: ``state`` (the
-:class:`~vae_jax.train.TrainState` pytree: step, params, optimizer state, root key) and
-``meta`` (JSON: epoch, step, the per-epoch metrics history and the resolved config). Orbax
-writes a step into a temporary folder and renames it when complete, and deletes the oldest only
-after a newer one is finished, keeping ``max_to_keep``. Saves are synchronous: when ``save``
-returns, the checkpoint is on disk.
+Each checkpoint is a step folder in ``<workdir>/checkpoints`` holding two items: ``state`` (a
+pytree: the :class:`~vae_jax.train.TrainState` and the running sums of the epoch's metrics)
+and ``meta`` (JSON: epoch, step, image shape, the per-epoch metrics history, and the sha256 of
+the state's bytes).
+
+Guarantees:
+
+- Orbax writes a step into a temporary folder and renames it when complete, so a crash during a
+  save leaves no folder that looks like a checkpoint; leftovers are removed on the next start.
+- After a save the checkpoint is read back and its sha256 compared, and only then are checkpoints
+  beyond ``max_to_keep`` deleted (oldest first): an older checkpoint is never deleted before a
+  newer one is complete and readable.
+- :meth:`Checkpointer.restore_latest_valid` tries the newest checkpoint first and falls back,
+  with a warning, past any that fails to read or to match its sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from vae_jax.errors import CheckpointError
+
+
+class Restored(NamedTuple):
+    step: int
+    state: Any  # the pytree that was saved
+    meta: dict
+
+
+def tree_sha256(tree: Any) -> str:
+    """sha256 of every leaf's dtype, shape and bytes, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 class Checkpointer:
     def __init__(self, directory: Path, max_to_keep: int):
+        self.directory = Path(directory).absolute()
+        self.max_to_keep = max_to_keep
         self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+                max_to_keep=None,  # deleted by us, after the newer one is verified
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,
             ),
             item_names=("state", "meta"),
         )
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-        )
-        self.manager.wait_until_finished()
+        """Save, read back and verify, then delete checkpoints beyond ``max_to_keep``.
 
-    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """State (with the shapes, dtypes and shardings of ``like``: arrays or
-        ``ShapeDtypeStruct``s) and meta at ``step``."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        Raises :class:`CheckpointError` (naming the newest valid checkpoint) if the save or its
+        verification fails; an unverified checkpoint is removed, never left to look valid.
+        """
+        meta = {**meta, "sha256": tree_sha256(state)}
+        previous = [s for s in self.steps() if s != step]
+        try:
+            if step in self.steps():  # e.g. an epoch end and a stop request at the same step
+                self.manager.delete(step)
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self.manager.wait_until_finished()
+            self._verify(step, state, meta["sha256"])
+        except Exception as e:
+            self._discard(step)
+            newest = f"step {previous[-1]}" if previous else "none"
+            raise CheckpointError(
+                f"could not write a valid checkpoint at step {step} in {self.directory} "
+                f"({_short(e)}). Check free space and permissions there; the newest valid "
+                f"checkpoint is {newest}, and rerunning the command resumes from it."
+            ) from e
+        for old in self.steps()[: -self.max_to_keep]:
+            try:
+                self.manager.delete(old)
+            except Exception as e:  # the run is safe: newer checkpoints exist
+                print(
+                    f"warning: could not delete old checkpoint {old}: {_short(e)}", file=sys.stderr
+                )
+
+    def _verify(self, step: int, state: Any, sha256: str) -> None:
+        like = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored, meta = self._restore(step, like)
+        if tree_sha256(restored) != sha256 or meta.get("sha256") != sha256:
+            raise CheckpointError("read back different bytes than were written")
+
+    def _discard(self, step: int) -> None:
+        try:
+            self.manager.reload()
+            if step in self.steps():
+                self.manager.delete(step)
+        except Exception:
+            pass  # an unfinished save is a temporary folder, removed on the next start
+
+    def _restore(self, step: int, like: Any) -> tuple[Any, dict]:
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()
             ),
         )
         return restored["state"], restored["meta"]
 
     def restore_meta(self, step: int) -> dict:
-        """Only the JSON record of ``step`` (cheap: no arrays are read)."""
+        """Only the JSON record of ``step`` (no arrays are read)."""
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return restored["meta"]
+
+    def restore(self, step: int, like_for: Callable[[dict], Any]) -> Restored:
+        """Checkpoint ``step``, verified against its sha256. ``like_for(meta)`` gives the
+        shapes, dtypes and shardings to restore into."""
+        state, meta = self._restore(step, like_for(self.restore_meta(step)))
+        if tree_sha256(state) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {step}: its arrays do not match their sha256")
+        return Restored(step, state, meta)
+
+    def restore_latest_valid(self, like_for: Callable[[dict], Any]) -> Restored | None:
+        """The newest checkpoint that reads back and matches its sha256, or None if there are
+        none at all. Raises :class:`CheckpointError` when checkpoints exist but none is valid."""
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                return self.restore(step, like_for)
+            except Exception as e:
+                print(
+                    f"warning: checkpoint {self.directory / str(step)} is damaged ({_short(e)}); "
+                    "falling back to an older one",
+                    file=sys.stderr,
+                )
+        if steps:
+            raise CheckpointError(
+                f"none of the checkpoints in {self.directory} (steps "
+                f"{', '.join(map(str, steps))}) can be read. Move the workdir aside, or start "
+                "anew in it with --force (which moves the old run aside)."
+            )
+        return None
 
     def close(self) -> None:
         self.manager.close()

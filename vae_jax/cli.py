@@ -1,18 +1,20 @@
-"""Command line: ``python -m vae_jax train <experiment> [--workdir DIR] [--config.KEY=VALUE ...]``.
+"""Command line: ``python -m vae_jax train <experiment> [--workdir DIR] [--force]
+[--config.KEY=VALUE ...]``.
 
-Bad input (unknown experiment, unknown key, invalid value, missing data) prints one clear
-message and exits with code 2 before anything is written.
+Exit codes (see :mod:`vae_jax.errors`): 0 done; 2 bad input, nothing written; 1 the run stopped
+on an error, the newest valid checkpoint intact; 128 + signal number when SIGTERM/SIGINT stopped
+it after saving a checkpoint (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
 from vae_jax import config as config_lib
-from vae_jax.config import ConfigError
-from vae_jax.data import DataError
+from vae_jax.errors import ConfigError, TrainingInterrupted, VaeJaxError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +30,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("experiment", help="a name in experiments/ or a path to a .py file")
     train.add_argument("--workdir", help="where the run is written (default: runs/<experiment>)")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="start anew: move a run already in the workdir aside to <workdir>.old-<time>",
+    )
     sub.add_parser("list", help="list the experiments")
     return parser
 
 
+def _resume_command(argv: Sequence[str]) -> str:
+    args = [a for a in argv if a != "--force"]
+    return "python -m vae_jax " + shlex.join(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = _parser().parse_known_args(argv)
     try:
         if args.command == "list":
@@ -47,11 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or f"runs/{name}"
         from vae_jax.train import train_and_evaluate  # imports JAX: after the cheap checks
 
-        train_and_evaluate(config, workdir, name=name)
+        train_and_evaluate(config, workdir, name=name, force=args.force)
         return 0
-    except (ConfigError, DataError) as e:
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("interrupted before training started; nothing was trained", file=sys.stderr)
+        return 130
+    except TrainingInterrupted as e:
+        print(f"{e}.\nResume with the same command:\n  {_resume_command(argv)}", file=sys.stderr)
+        return e.exit_code
+    except VaeJaxError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ from typing import Any
 
 import ml_collections
 
+from vae_jax.errors import ConfigError
+
 EXPERIMENTS_ENV = "VAE_JAX_EXPERIMENTS_DIR"
-
-
-class ConfigError(ValueError):
-    """Bad user input (experiment, override key or value). The CLI exits with code 2."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -65,7 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict({"batch_size": 1000, "num_samples": 1})
     # The reconstructions figure compares epoch 1 with this epoch (or the last, if fewer).
     c.figures = ml_collections.ConfigDict({"late_epoch": 9})
-    c.checkpoint = ml_collections.ConfigDict({"max_to_keep": 3})
+    # A checkpoint after every epoch, and also every N steps / N seconds when > 0.
+    c.checkpoint = ml_collections.ConfigDict(
+        {"max_to_keep": 3, "every_steps": 0, "every_seconds": 0.0}
+    )
     return c
 
 
@@ -85,11 +86,27 @@ POSITIVE_INTS = (
     "figures.late_epoch",
     "checkpoint.max_to_keep",
 )
-NON_NEGATIVE_INTS = ("seed", "data.binarize_seed", "data.train_size", "data.test_size")
+NON_NEGATIVE_INTS = (
+    "seed",
+    "data.binarize_seed",
+    "data.train_size",
+    "data.test_size",
+    "checkpoint.every_steps",
+)
+MAX_INT = 2**31 - 1  # every integer setting fits in int32 (seeds become JAX keys)
 POSITIVE_FLOATS = ("model.noise_scale", "model.obs_stddev", "train.learning_rate")
+NON_NEGATIVE_FLOATS = ("checkpoint.every_seconds",)
 # Keys that may differ when an existing workdir is resumed.
 RESUMABLE_KEYS = frozenset(
-    {"train.num_epochs", "train.log_every_steps", "figures.late_epoch", "data.tfds_data_dir"}
+    {
+        "train.num_epochs",
+        "train.log_every_steps",
+        "figures.late_epoch",
+        "data.tfds_data_dir",
+        "checkpoint.max_to_keep",
+        "checkpoint.every_steps",
+        "checkpoint.every_seconds",
+    }
 )
 
 
@@ -317,21 +334,23 @@ def validate(config: ml_collections.ConfigDict, source: str = "config") -> None:
             raise bad(key, "one of " + ", ".join(choices))
     for key in POSITIVE_INTS + NON_NEGATIVE_INTS:
         value, low = flat[key], (1 if key in POSITIVE_INTS else 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise bad(key, "an integer >= 1" if low else "an integer >= 0")
-    for key in POSITIVE_FLOATS:
-        value = flat[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INT:
+            raise bad(key, f"an integer from {low} to {MAX_INT}")
+    for key in POSITIVE_FLOATS + NON_NEGATIVE_FLOATS:
+        value, positive = flat[key], key in POSITIVE_FLOATS
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not (math.isfinite(value) and value > 0)
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
         ):
-            raise bad(key, "a finite number > 0")
+            raise bad(key, "a finite number > 0" if positive else "a finite number >= 0")
     dims = flat["model.mlp_hidden_dims"]
     if not (
         isinstance(dims, tuple | list)
         and dims
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims)
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_INT for d in dims)
     ):
         raise bad("model.mlp_hidden_dims", "a non-empty list of positive integers, e.g. 500,500")
     train_size, batch = flat["data.train_size"], flat["train.batch_size"]

@@ -26,13 +26,10 @@ import ml_collections
 import numpy as np
 
 from vae_jax.atomic_io import atomic_write
+from vae_jax.errors import DataError
 
 CACHE_ENV = "VAE_JAX_CACHE_DIR"
 _DECODE_CHUNK = 5000
-
-
-class DataError(RuntimeError):
-    """Data missing or malformed; the message names the path and what was expected."""
 
 
 class Dataset(NamedTuple):
@@ -219,6 +216,44 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
                 f"data.{what}_size={n} but {name!r}/{what} in {data_dir!r} has {have} images"
             )
     return Dataset(train_x[:n_train], train_y[:n_train], test_x[:n_test], test_y[:n_test])
+
+
+def check_dataset(dataset: Dataset, batch_size: int) -> None:
+    """Raise :class:`DataError` unless ``dataset`` holds what training expects: uint8 images
+    of one shape (H, W, C) in both splits, one int label per image, a full batch to train on."""
+    parts = {
+        "train_images": dataset.train_images,
+        "test_images": dataset.test_images,
+        "train_labels": dataset.train_labels,
+        "test_labels": dataset.test_labels,
+    }
+    for key, array in parts.items():
+        if not isinstance(array, np.ndarray):
+            raise DataError(f"dataset.{key} is a {type(array).__name__}; expected a numpy array")
+    for key in ("train_images", "test_images"):
+        images = parts[key]
+        if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
+            raise DataError(
+                f"dataset.{key} holds {len(images)} {images.dtype} array(s) of shape "
+                f"{images.shape[1:]}; expected uint8 images [N >= 1, H, W, C] (0..255; 0/255 "
+                "when binarized)"
+            )
+    if dataset.train_images.shape[1:] != dataset.test_images.shape[1:]:
+        raise DataError(
+            f"train images are {dataset.train_images.shape[1:]} but test images are "
+            f"{dataset.test_images.shape[1:]}; expected one shape"
+        )
+    for split in ("train", "test"):
+        images, labels = parts[f"{split}_images"], parts[f"{split}_labels"]
+        if labels.shape != (len(images),):
+            raise DataError(
+                f"dataset.{split}_labels has shape {labels.shape}; expected ({len(images)},)"
+            )
+    if len(dataset.train_images) < batch_size:
+        raise DataError(
+            f"{len(dataset.train_images)} training images are fewer than one batch "
+            f"(train.batch_size={batch_size})"
+        )
 
 
 def to_float(images: jax.Array) -> jax.Array:

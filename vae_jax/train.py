@@ -1,9 +1,10 @@
-"""Training: a pure, jitted train step and the loop around it (the imperative shell).
+"""Training: the loop around the pure step of :mod:`vae_jax.train_step` (the imperative shell).
 
-The whole training set lives on the devices (uint8, replicated); each epoch's order is a
-permutation drawn on device from ``fold_in(DATA_ORDER, epoch)``, and the step slices its batch
-out of it by ``state.step``. So the step takes no host data, the loop has no host syncs but one
-per epoch (metrics), and the step is compiled once, ahead of time, before the first epoch.
+The loop syncs with the host once per epoch and whenever it saves; the step is compiled once,
+ahead of time; the step loop runs under ``jax.transfer_guard("disallow")``. A checkpoint is
+saved after every epoch, every ``checkpoint.every_steps`` steps and ``every_seconds`` seconds
+(when set), and when SIGTERM/SIGINT asks the run to stop; each holds the step, so a run resumes
+from any of them exactly where it stopped (see README, "Interrupted runs").
 """
 
 from __future__ import annotations
@@ -24,122 +25,70 @@ from tqdm import tqdm
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
 from vae_jax import figures, objectives, parallel, rng
-from vae_jax.checkpoints import Checkpointer
+from vae_jax.checkpoints import Checkpointer, Restored
+from vae_jax.errors import (
+    ConfigError,
+    DataError,
+    NonFiniteError,
+    OutputError,
+    TrainingInterrupted,
+)
 from vae_jax.evaluate import make_test_evaluator
-from vae_jax.models import VAE, init_params, make_model
+from vae_jax.models import VAE, make_model
 from vae_jax.reporting import MetricsWriter, is_writer
+from vae_jax.stopping import StopRequest
+from vae_jax.train_step import (
+    TRAIN_METRICS,
+    EpochSums,
+    TrainState,
+    abstract_state,
+    epoch_permutation,
+    init_state,
+    make_optimizer,
+    make_train_step,
+    replicated_like,
+    zero_sums,
+)
 from vae_jax.workdir import Workdir
 
-TRAIN_METRICS = ("loss", "recon", "kl")
 NUM_FIGURE_IMAGES = 64
 
 
-class TrainState(NamedTuple):
-    """Everything a step changes, plus the run's root key (constant, saved for provenance)."""
-
-    step: jax.Array  # int32 []: steps taken so far
-    params: Any
-    opt_state: Any
-    rng: jax.Array  # uint32 key data of rng.root_key(seed)
-
-    @property
-    def root(self) -> jax.Array:
-        return jax.random.wrap_key_data(self.rng)
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.adam(config.train.learning_rate)
-
-
-def init_state(
-    config: ml_collections.ConfigDict,
-    model: VAE,
-    tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
-) -> TrainState:
-    root = rng.root_key(config.seed)
-    params = init_params(model, rng.stream(root, rng.Stream.INIT), image_shape)
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(root))
-
-
-def abstract_state(
-    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh: Mesh
-) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the train state, without computing it."""
-    model = make_model(config.model, image_shape)
-    shapes = jax.eval_shape(lambda: init_state(config, model, make_optimizer(config), image_shape))
-    repl = parallel.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+def _saved_like(config: ml_collections.ConfigDict, meta: dict, mesh: Mesh) -> dict:
+    """The pytree a checkpoint holds, as shapes, dtypes and shardings."""
+    return {
+        "train_state": abstract_state(config, tuple(meta["image_shape"]), mesh),
+        "epoch_sums": replicated_like(jax.eval_shape(zero_sums), mesh),
+    }
 
 
 def restore_run(
     workdir: str | Path, step: int | None = None, mesh: Mesh | None = None
 ) -> tuple[ml_collections.ConfigDict, VAE, TrainState, dict]:
-    """``(config, model, state, meta)`` of the run in ``workdir``: its latest checkpoint, or
-    ``step``. Raises :class:`ConfigError` if there is none."""
+    """``(config, model, state, meta)`` of the run in ``workdir``: its newest valid checkpoint,
+    or ``step``. Raises :class:`ConfigError` if there is none."""
     run = Workdir(Path(workdir))
     saved = run.saved_config()
     if saved is None:
-        raise config_lib.ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
+        raise ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
     config = config_lib.from_json_dict(saved)
     if not run.checkpoints.is_dir():
-        raise config_lib.ConfigError(f"{run.path} has no checkpoint yet")
+        raise ConfigError(f"{run.path} has no checkpoint yet")
+    mesh = mesh or parallel.make_mesh()
     checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
     try:
-        step = checkpointer.latest_step() if step is None else step
+        like_for = lambda meta: _saved_like(config, meta, mesh)  # noqa: E731
         if step is None:
-            raise config_lib.ConfigError(f"{run.path} has no checkpoint yet")
-        image_shape = tuple(checkpointer.restore_meta(step)["image_shape"])
-        like = abstract_state(config, image_shape, mesh or parallel.make_mesh())
-        state, meta = checkpointer.restore(step, like)
+            restored = checkpointer.restore_latest_valid(like_for)
+        else:
+            restored = checkpointer.restore(step, like_for)
     finally:
         checkpointer.close()
-    return config, make_model(config.model, image_shape), state, meta
-
-
-def make_train_step(
-    model: VAE,
-    tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
-    steps_per_epoch: int,
-    mesh: Mesh,
-) -> Callable:
-    """``(state, sums, images, perm) -> (state, sums + [loss, recon, kl])``, pure.
-
-    ``images``: the uint8 training set; ``perm``: this epoch's permutation of it. The step's
-    batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, sharded
-    over the devices. Noise (and dynamic binarization) use ``fold_in(TRAIN, state.step)``.
-    """
-    batch_size = config.train.batch_size
-    dynamic = config.data.binarize == "dynamic"
-    batch = parallel.batch_sharding(mesh)
-
-    def step(state: TrainState, sums: jax.Array, images: jax.Array, perm: jax.Array):
-        offset = (state.step % steps_per_epoch) * batch_size
-        idx = jax.lax.with_sharding_constraint(
-            jax.lax.dynamic_slice_in_dim(perm, offset, batch_size), batch
-        )
-        x = data_lib.to_float(images[idx])
-        key = jax.random.fold_in(rng.stream(state.root, rng.Stream.TRAIN), state.step)
-        noise_key, binarize_key = jax.random.split(key)
-        if dynamic:
-            x = data_lib.dynamic_binarize(binarize_key, x)
-
-        def loss_fn(params):
-            return objectives.training_loss(model, params, x, noise_key, config.model)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state, state.rng), sums + metrics
-
-    return step
-
-
-def epoch_permutation(root: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
-    return jax.random.permutation(
-        jax.random.fold_in(rng.stream(root, rng.Stream.DATA_ORDER), epoch), n
-    )
+    if restored is None:
+        raise ConfigError(f"{run.path} has no checkpoint yet")
+    image_shape = tuple(restored.meta["image_shape"])
+    model = make_model(config.model, image_shape)
+    return config, model, restored.state["train_state"], restored.meta
 
 
 def make_figure_fn(model: VAE) -> Callable:
@@ -160,6 +109,236 @@ def make_figure_fn(model: VAE) -> Callable:
     return fn
 
 
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    dataset: data_lib.Dataset | None = None,
+    name: str = "",
+    force: bool = False,
+) -> list[dict]:
+    """Train ``config`` in ``workdir``, resuming from its newest valid checkpoint; return the
+    history (one record per epoch, the lines of ``metrics.jsonl``; losses in nats per image).
+
+    ``force`` starts anew: a run already in ``workdir`` is first moved aside to
+    ``<workdir>.old-<time>``. Bad input raises :class:`ConfigError`, :class:`DataError` or
+    :class:`WorkdirError` before anything is written; a stop request raises
+    :class:`TrainingInterrupted` after saving a checkpoint; a NaN raises
+    :class:`NonFiniteError` with the newest checkpoint intact.
+    """
+    config_lib.validate(config)
+    mesh = parallel.make_mesh()
+    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
+    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+    run = Workdir(Path(workdir))
+    run.check(config, force=force)
+    if run.path.exists():
+        run.lock()  # refuse at once if another process is training here
+    try:
+        return _train(config, run, mesh, dataset, name, force)
+    finally:
+        run.unlock()
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    run: Workdir,
+    mesh: Mesh,
+    dataset: data_lib.Dataset | None,
+    name: str,
+    force: bool,
+) -> list[dict]:
+    if force and (moved := run.move_aside()) is not None:
+        run.unlock()
+        print(f"--force: moved the previous run in {run.path} to {moved}")
+    checkpointer, restored = None, None
+    if run.checkpoints.is_dir():
+        checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
+        restored = checkpointer.restore_latest_valid(lambda m: _saved_like(config, m, mesh))
+        if restored is not None and len(restored.meta["history"]) >= config.train.num_epochs:
+            checkpointer.close()
+            print(f"Run in {run.path} is finished ({len(restored.meta['history'])} epochs).")
+            return restored.meta["history"]
+    if dataset is None:
+        dataset = data_lib.load_dataset(config.data)
+    data_lib.check_dataset(dataset, config.train.batch_size)
+    if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
+        raise DataError(
+            f"images are {dataset.image_shape}, but the run in {run.path} was trained on "
+            f"{tuple(restored.meta['image_shape'])}"
+        )
+    try:
+        model = make_model(config.model, dataset.image_shape)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+    # --- nothing was written before this line (but the lock of an existing workdir) -------
+    if not run.locked:
+        run.lock()
+    state_bytes = sum(
+        s.size * s.dtype.itemsize
+        for s in jax.tree.leaves(_saved_like(config, {"image_shape": dataset.image_shape}, mesh))
+    )
+    run.create(config, checkpoint_bytes=state_bytes)
+    if checkpointer is None:
+        checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
+    try:
+        return _loop(config, run, mesh, dataset, model, checkpointer, restored, name)
+    except OSError as e:  # a figure, metrics.jsonl or an event file
+        steps = checkpointer.steps()
+        newest = f"step {steps[-1]}; rerunning the command resumes from it" if steps else "none"
+        raise OutputError(
+            f"could not write to the workdir: {e}. Check free space and permissions in "
+            f"{run.path}; the newest valid checkpoint is {newest}."
+        ) from e
+    finally:
+        checkpointer.close()
+
+
+class _Segment(NamedTuple):
+    state: TrainState
+    sums: EpochSums
+    step: int  # global step reached
+    steps: int  # steps run in this segment
+    seconds: float
+
+
+def _loop(
+    config: ml_collections.ConfigDict,
+    run: Workdir,
+    mesh: Mesh,
+    dataset: data_lib.Dataset,
+    model: VAE,
+    checkpointer: Checkpointer,
+    restored: Restored | None,
+    name: str,
+) -> list[dict]:
+    tx = make_optimizer(config)
+    batch_size, num_epochs = config.train.batch_size, config.train.num_epochs
+    n_train = len(dataset.train_images)
+    spe = n_train // batch_size
+    repl = parallel.replicated(mesh)
+    if restored is None:
+        state = jax.jit(
+            lambda: init_state(config, model, tx, dataset.image_shape), out_shardings=repl
+        )()
+        sums = jax.device_put(zero_sums(), repl)
+        history: list[dict] = []
+        step, saved_step = 0, None
+    else:
+        state, sums = restored.state["train_state"], restored.state["epoch_sums"]
+        history, step = restored.meta["history"], restored.step
+        saved_step = restored.step
+    metrics_writer = MetricsWriter(run.path)
+    metrics_writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
+    n_devices, platform = mesh.devices.size, jax.devices()[0].platform
+    print(
+        f"vae_jax {name or 'run'}: {run.path} | {n_devices} {platform} device(s) | "
+        f"{n_train} train / {len(dataset.test_images)} test images, batch {batch_size}, "
+        f"{spe} steps/epoch"
+        + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
+        + (f" | resuming at step {step} (epoch {step // spe + 1})" if restored else "")
+    )
+    every_steps, every_seconds = config.checkpoint.every_steps, config.checkpoint.every_seconds
+    last_save = time.monotonic()
+
+    def save() -> None:
+        nonlocal saved_step, last_save
+        meta = {"epoch": len(history), "step": step, "image_shape": list(dataset.image_shape)}
+        checkpointer.save(
+            step, {"train_state": state, "epoch_sums": sums}, {**meta, "history": history}
+        )
+        saved_step, last_save = step, time.monotonic()
+
+    with StopRequest() as stop:  # from here on, SIGTERM/SIGINT stop cleanly, with a checkpoint
+
+        def pause(at: int) -> bool:
+            return (
+                stop.requested
+                or (every_steps > 0 and at % every_steps == 0)
+                or (every_seconds > 0 and time.monotonic() - last_save >= every_seconds)
+            )
+
+        trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums)
+        outputs = EpochOutputs(
+            model, config, mesh, dataset.test_images, state.root, run.figures, name
+        )
+        epoch_seconds, epoch_steps, compile_seconds = 0.0, 0, trainer.compile_seconds
+        while len(history) < num_epochs and not stop.requested:
+            epoch, start = step // spe + 1, step % spe
+            if start == 0:
+                sums = trainer.zeros
+            segment = trainer.run(state, sums, epoch, start, pause)
+            state, sums, step = segment.state, segment.sums, segment.step
+            epoch_seconds += segment.seconds
+            epoch_steps += segment.steps
+            first_bad = int(jax.device_get(sums.first_bad))
+            if first_bad >= 0:
+                raise _nonfinite_error(trainer, state, first_bad, checkpointer, config)
+            epoch_done = step % spe == 0
+            if epoch_done:
+                test, eval_seconds = outputs.evaluate_and_draw(state.params, epoch)
+                train = dict(zip(TRAIN_METRICS, jax.device_get(sums.metrics) / spe, strict=True))
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        **{f"train_{k}_nats": float(v) for k, v in train.items()},
+                        **{f"test_{k}_nats": v for k, v in test.items()},
+                        "train_seconds": epoch_seconds,
+                        "images_per_sec": epoch_steps * batch_size / epoch_seconds,
+                        "eval_seconds": eval_seconds,
+                        "compile_seconds": compile_seconds,
+                        "devices": n_devices,
+                        "time": time.time(),
+                    }
+                )
+                epoch_seconds, epoch_steps, compile_seconds = 0.0, 0, 0.0
+            if step != saved_step:
+                save()
+            if epoch_done:
+                metrics_writer.write(history)
+                tqdm.write(_format_epoch(history[-1], num_epochs))
+        if len(history) < num_epochs and step != saved_step:
+            save()  # stopped before the first step: the claim "a checkpoint is saved" holds
+
+    metrics_writer.close()
+    if len(history) < num_epochs:
+        assert stop.signum is not None
+        done_epochs = (step - 1) // spe if step else 0
+        raise TrainingInterrupted(stop.signum, step, done_epochs + 1, step - done_epochs * spe, spe)
+    print(f"Done: {run.path} (figures in {run.figures}, metrics in {metrics_writer.path})")
+    return history
+
+
+def _nonfinite_error(
+    trainer: EpochTrainer,
+    state: TrainState,
+    first_bad: int,
+    checkpointer: Checkpointer,
+    config: ml_collections.ConfigDict,
+) -> NonFiniteError:
+    spe = trainer.steps_per_epoch
+    indices = trainer.batch_indices(state, first_bad)
+    steps = checkpointer.steps()
+    newest = (
+        f"The newest checkpoint (step {steps[-1]}) predates it and is intact; rerunning the "
+        f"command resumes from there and meets the same batch at step {first_bad} again."
+        if steps
+        else "No checkpoint was saved before it."
+    )
+    shown = ", ".join(map(str, indices[:32])) + (", ..." if len(indices) > 32 else "")
+    hints = [f"a lower train.learning_rate (now {config.train.learning_rate:g})"]
+    if config.model.likelihood == "gaussian":
+        hints.append(f"a larger model.obs_stddev (now {config.model.obs_stddev:g})")
+    hints.append("checking those images")
+    return NonFiniteError(
+        f"non-finite loss or gradient at step {first_bad} (epoch {first_bad // spe + 1}, "
+        f"batch {first_bad % spe + 1} of {spe}); the update was not applied and training "
+        f"stopped. The batch held training images [{shown}] (positions in the training "
+        f"set). {newest} Things to try: {'; '.join(hints)}."
+    )
+
+
 def _format_epoch(record: dict, num_epochs: int) -> str:
     return (
         f"epoch {record['epoch']:2d}/{num_epochs}  "
@@ -170,98 +349,8 @@ def _format_epoch(record: dict, num_epochs: int) -> str:
     )
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    dataset: data_lib.Dataset | None = None,
-    name: str = "",
-) -> list[dict]:
-    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint); return the history.
-
-    The history is one record per epoch (the lines of ``metrics.jsonl``), all losses in nats
-    per image. Bad input raises :class:`ConfigError` or :class:`DataError` before anything is
-    written.
-    """
-    config_lib.validate(config)
-    mesh = parallel.make_mesh()
-    n_devices = mesh.devices.size
-    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
-    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
-    run = Workdir(Path(workdir))
-    run.check(config)
-    done = _finished_history(run, config)
-    if done is not None:
-        print(f"Run in {run.path} is finished ({len(done)} epochs); nothing to do.")
-        return done
-    if dataset is None:
-        dataset = data_lib.load_dataset(config.data)
-    try:
-        model = make_model(config.model, dataset.image_shape)
-    except ValueError as e:
-        raise config_lib.ConfigError(str(e)) from None
-
-    # --- nothing has been written before this line ----------------------------------------
-    run.create(config)
-    tx = make_optimizer(config)
-    batch_size, num_epochs = config.train.batch_size, config.train.num_epochs
-    n_train = len(dataset.train_images)
-    steps_per_epoch = n_train // batch_size
-    repl = parallel.replicated(mesh)
-    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-    history: list[dict] = []
-    latest = checkpointer.latest_step()
-    if latest is None:
-        state = jax.jit(
-            lambda: init_state(config, model, tx, dataset.image_shape), out_shardings=repl
-        )()
-    else:
-        state, meta = checkpointer.restore(
-            latest, abstract_state(config, dataset.image_shape, mesh)
-        )
-        history = meta["history"]
-    metrics_writer = MetricsWriter(run.path)
-    metrics_writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
-    start_epoch = len(history)
-
-    platform = jax.devices()[0].platform
-    print(
-        f"vae_jax {name or 'run'}: {run.path} | {n_devices} {platform} device(s) | "
-        f"{n_train} train / {len(dataset.test_images)} test images, batch {batch_size}, "
-        f"{steps_per_epoch} steps/epoch"
-        + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
-        + (f" | resuming after epoch {start_epoch}" if start_epoch else "")
-    )
-    trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state)
-    outputs = EpochOutputs(model, config, mesh, dataset.test_images, state.root, run.figures, name)
-    for epoch in range(start_epoch + 1, num_epochs + 1):  # 1-based, as in every message
-        state, train, train_seconds = trainer.run_epoch(state, epoch)
-        test, eval_seconds = outputs.evaluate_and_draw(state.params, epoch)
-        record = {
-            "epoch": epoch,
-            "step": int(state.step),
-            **{f"train_{k}_nats": v for k, v in train.items()},
-            **{f"test_{k}_nats": v for k, v in test.items()},
-            "train_seconds": train_seconds,
-            "images_per_sec": steps_per_epoch * batch_size / train_seconds,
-            "eval_seconds": eval_seconds,
-            "compile_seconds": trainer.compile_seconds if epoch == start_epoch + 1 else 0.0,
-            "devices": n_devices,
-            "time": time.time(),
-        }
-        history.append(record)
-        meta = {"epoch": epoch, "step": record["step"], "image_shape": list(dataset.image_shape)}
-        checkpointer.save(record["step"], state, {**meta, "history": history})
-        metrics_writer.write(history)
-        tqdm.write(_format_epoch(record, num_epochs))
-
-    checkpointer.close()
-    metrics_writer.close()
-    print(f"Done: {run.path} (figures in {run.figures}, metrics in {metrics_writer.path})")
-    return history
-
-
 class EpochTrainer:
-    """The training set on the devices, the train step compiled once, and the epoch loop."""
+    """The training set on the devices, the train step compiled once, and the step loop."""
 
     def __init__(
         self,
@@ -271,6 +360,7 @@ class EpochTrainer:
         mesh: Mesh,
         train_images: np.ndarray,
         state: TrainState,
+        sums: EpochSums,
     ):
         self.batch_size = config.train.batch_size
         self.num_epochs = config.train.num_epochs
@@ -283,29 +373,45 @@ class EpochTrainer:
             lambda key_data, epoch: epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n),
             out_shardings=repl,
         )
-        self._zeros = jax.device_put(jnp.zeros(len(TRAIN_METRICS), jnp.float32), repl)
+        self.zeros = jax.device_put(zero_sums(), repl)
         state_sharding = jax.tree.map(lambda _: repl, state)
+        sums_sharding = jax.tree.map(lambda _: repl, sums)
         start = time.perf_counter()
         # Compiled ahead of time: a later call with other shapes or shardings fails loudly
         # instead of silently recompiling.
         self._step = (
             jax.jit(
                 make_train_step(model, tx, config, self.steps_per_epoch, mesh),
-                in_shardings=(state_sharding, repl, repl, repl),
-                out_shardings=(state_sharding, repl),
+                in_shardings=(state_sharding, sums_sharding, repl, repl),
+                out_shardings=(state_sharding, sums_sharding),
                 donate_argnums=0,
             )
-            .lower(state, self._zeros, self.images, self._permute(state.rng, jnp.int32(0)))
+            .lower(state, sums, self.images, self._permute(state.rng, jnp.int32(0)))
             .compile()
         )
         self.compile_seconds = time.perf_counter() - start
 
-    def run_epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict, float]:
-        """Train epoch ``epoch`` (1-based): the new state, mean train metrics, seconds."""
+    def batch_indices(self, state: TrainState, step: int) -> list[int]:
+        """Positions in the training set of the batch of global ``step``."""
+        perm = jax.device_get(self._permute(state.rng, jnp.int32(step // self.steps_per_epoch)))
+        offset = (step % self.steps_per_epoch) * self.batch_size
+        return [int(i) for i in perm[offset : offset + self.batch_size]]
+
+    def run(
+        self,
+        state: TrainState,
+        sums: EpochSums,
+        epoch: int,
+        start: int,
+        pause: Callable[[int], bool],
+    ) -> _Segment:
+        """Run epoch ``epoch`` (1-based) from its step ``start`` to its end, or until
+        ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
+        spe = self.steps_per_epoch
         perm = self._permute(state.rng, jnp.int32(epoch - 1))
-        sums = self._zeros
         bar = tqdm(
-            total=self.steps_per_epoch * self.batch_size,
+            total=spe * self.batch_size,
+            initial=start * self.batch_size,
             desc=f"epoch {epoch}/{self.num_epochs}",
             unit="img",
             unit_scale=True,
@@ -313,22 +419,28 @@ class EpochTrainer:
             disable=not is_writer(),
             mininterval=0.5,
         )
-        start = time.perf_counter()
-        shown = None  # (sums, steps) of the previous log point, computed by now: no stall
-        # Any implicit host<->device transfer in the loop is an error; the one read is explicit.
+        t0 = time.perf_counter()
+        i, step = start, (epoch - 1) * spe + start
+        shown = None  # (sums, i) of the previous log point, computed by now: no stall
+        # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
         with jax.transfer_guard("disallow"):
-            for i in range(1, self.steps_per_epoch + 1):
+            while i < spe:
                 state, sums = self._step(state, sums, self.images, perm)
-                if i % self.log_every == 0 or i == self.steps_per_epoch:
+                i, step = i + 1, step + 1
+                if i % self.log_every == 0 or i == spe:
                     if shown is not None:
-                        loss = float(jax.device_get(shown[0])[0]) / shown[1]
-                        bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
+                        seen = jax.device_get(shown[0])
+                        if seen.first_bad >= 0:
+                            break
+                        bar.set_postfix(loss=f"{seen.metrics[0] / shown[1]:.2f}", refresh=False)
                     bar.update(i * self.batch_size - bar.n)
                     shown = (sums, i)
-        means = jax.device_get(sums) / self.steps_per_epoch  # the epoch's one host sync
-        seconds = time.perf_counter() - start
+                if pause(step):
+                    break
+            jax.block_until_ready(sums)
+        seconds = time.perf_counter() - t0
         bar.close()
-        return state, dict(zip(TRAIN_METRICS, means.tolist(), strict=True)), seconds
+        return _Segment(state, sums, step, i - start, seconds)
 
 
 class EpochOutputs:
@@ -366,21 +478,6 @@ class EpochOutputs:
             late = min(self._late_epoch, epoch)
             figures.save_reconstructions_figure(self._dir, 1, late, title=self._title)
         return test, time.perf_counter() - start
-
-
-def _finished_history(run: Workdir, config: ml_collections.ConfigDict) -> list[dict] | None:
-    """The history of a run in ``run`` that has reached ``num_epochs``, else None."""
-    if not run.checkpoints.is_dir():
-        return None
-    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-    try:
-        latest = checkpointer.latest_step()
-        if latest is None:
-            return None
-        history = checkpointer.restore_meta(latest)["history"]
-        return history if len(history) >= config.train.num_epochs else None
-    finally:
-        checkpointer.close()
 
 
 def _figure_title(name: str, config: ml_collections.ConfigDict) -> str:

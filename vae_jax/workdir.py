@@ -1,20 +1,32 @@
-"""A run's working directory: what it holds, and the checks made before writing into it.
+"""A run's working directory: its layout, its lock, and the checks made before writing into it.
 
 Layout: ``config.json`` (the resolved config), ``metrics.jsonl``, ``tensorboard/``,
-``checkpoints/`` (Orbax), ``figures/`` (PNGs).
+``checkpoints/`` (Orbax), ``figures/`` (PNGs), ``.lock``.
+
+One process at a time: :meth:`Workdir.lock` takes an exclusive ``flock`` on ``.lock``, which the
+kernel releases when the process ends however it ends, so a crashed run never leaves a stale
+lock (on network filesystems without flock support, don't run two processes on one workdir).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+import shutil
+import socket
+import time
 from pathlib import Path
 
 import ml_collections
 
 from vae_jax import config as config_lib
 from vae_jax.atomic_io import write_json
-from vae_jax.config import ConfigError
+from vae_jax.errors import ConfigError, WorkdirError
 from vae_jax.reporting import is_writer
+
+LOCK_NAME = ".lock"
 
 
 class Workdir:
@@ -23,25 +35,32 @@ class Workdir:
         self.config_path = self.path / "config.json"
         self.checkpoints = self.path / "checkpoints"
         self.figures = self.path / "figures"
+        self._lock_fd: int | None = None
 
     def saved_config(self) -> dict | None:
         if not self.config_path.exists():
             return None
         return json.loads(self.config_path.read_text())
 
-    def check(self, config: ml_collections.ConfigDict) -> None:
-        """Refuse a path that is not a workdir, or a workdir of a run with another config."""
+    def _has_foreign_content(self) -> bool:
+        return any(p.name != LOCK_NAME for p in self.path.iterdir())
+
+    def check(self, config: ml_collections.ConfigDict, force: bool = False) -> None:
+        """Refuse a path that is not a workdir, or (unless ``force``) a workdir of a run with
+        another config, except for keys that may change on resume."""
         if not self.path.exists():
             return
         if not self.path.is_dir():
             raise ConfigError(f"workdir {self.path} exists and is not a directory")
         saved = self.saved_config()
         if saved is None:
-            if any(self.path.iterdir()):
+            if self._has_foreign_content():
                 raise ConfigError(
                     f"workdir {self.path} is not empty and holds no vae_jax run "
                     "(no config.json); choose another --workdir"
                 )
+            return
+        if force:
             return
         changed = {
             k: v
@@ -54,13 +73,90 @@ class Workdir:
             )
             raise ConfigError(
                 f"workdir {self.path} holds a run with a different config:\n{lines}\n"
-                "Choose another --workdir, or change only keys that may change on resume: "
+                "Choose another --workdir, start anew there with --force (the old run is moved "
+                "aside, not deleted), or change only keys that may change on resume: "
                 + ", ".join(sorted(config_lib.RESUMABLE_KEYS))
             )
 
-    def create(self, config: ml_collections.ConfigDict) -> None:
-        """Make the folders and write config.json (the resolved config)."""
+    # -----------------------------------------------------------------------------------------
+    # Lock
+
+    def lock(self) -> None:
+        """Take the workdir's lock (creating the folder), or raise if another process holds it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise WorkdirError(f"cannot use workdir {self.path}: {e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise WorkdirError(f"cannot lock workdir {self.path}: {e}") from None
+            raise WorkdirError(
+                f"workdir {self.path} is in use by {holder}. Wait for that run to end, or stop "
+                "it (SIGTERM or Ctrl-C saves a checkpoint), then rerun this command."
+            ) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
+        self._lock_fd = fd
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    # -----------------------------------------------------------------------------------------
+    # Starting anew, creating, checking space
+
+    def move_aside(self) -> Path | None:
+        """Rename a workdir holding a run to ``<workdir>.old-<time>``; return the new path."""
+        if not self.path.exists() or not self._has_foreign_content():
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.old-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.old-{stamp}-{n}")
+        try:
+            self.path.rename(target)
+        except OSError as e:
+            raise WorkdirError(f"cannot move {self.path} aside to {target}: {e}") from None
+        return target
+
+    def create(self, config: ml_collections.ConfigDict, checkpoint_bytes: int) -> None:
+        """Make the folders, check that they are writable and have room for the checkpoints,
+        and write config.json (the resolved config)."""
         if not is_writer():
             return
-        self.figures.mkdir(parents=True, exist_ok=True)
-        write_json(self.config_path, config_lib.to_json_dict(config))
+        try:
+            self.figures.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-probe"
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as e:
+            raise WorkdirError(f"workdir {self.path} is not writable: {e}") from None
+        keep = config.checkpoint.max_to_keep
+        need = (keep + 1) * checkpoint_bytes + 16 * 2**20  # + figures, metrics, events
+        free = shutil.disk_usage(self.path).free
+        if free < need:
+            raise WorkdirError(
+                f"workdir {self.path} has {free / 2**20:.1f} MiB free; this run needs about "
+                f"{need / 2**20:.1f} MiB ({keep} + 1 checkpoints of {checkpoint_bytes / 2**20:.1f} "
+                "MiB, plus figures and metrics). Free some space or choose another --workdir."
+            )
+        try:
+            write_json(self.config_path, config_lib.to_json_dict(config))
+        except OSError as e:
+            raise WorkdirError(f"cannot write {self.config_path}: {e}") from None
