@@ -118,6 +118,10 @@ def test_interrupted_save_leaves_nothing_that_looks_valid(tmp_path):
     checkpointer.save(2, state, {"image_shape": [28, 28, 1]})
     checkpointer.close()
     (tmp_path / "2").rename(tmp_path / "3.orbax-checkpoint-tmp-1234")  # as a save in flight
+    reader = Checkpointer(tmp_path, max_to_keep=3, read_only=True)
+    assert reader.steps() == [1]
+    reader.close()
+    assert (tmp_path / "3.orbax-checkpoint-tmp-1234").exists()  # a reader leaves it alone
     checkpointer = Checkpointer(tmp_path, max_to_keep=3)
     assert checkpointer.steps() == [1]
     assert checkpointer.restore_latest_valid(lambda m: like).step == 1

@@ -77,3 +77,14 @@ def test_periodic_checkpoints(tmp_path):
     rc, _, err = finish(start_worker(workdir, "--every-steps", "5", "--keep", "100"))
     assert rc == 0, err[-3000:]
     assert _steps(workdir) == [5, 8, 10, 15, 16, 20, 24]
+
+
+def test_checkpoints_every_n_seconds(tmp_path):
+    workdir = tmp_path / "run"
+    args = ("--every-seconds", "0.35", "--step-delay", "0.1", "--keep", "100", "--epochs", "2")
+    rc, _, err = finish(start_worker(workdir, *args))
+    assert rc == 0, err[-3000:]
+    steps = _steps(workdir)
+    mid_epoch = [s for s in steps if s % STEPS_PER_EPOCH]
+    assert len(mid_epoch) >= 2, steps  # ~every 4 steps of 0.1 s, besides the epoch ends
+    assert {8, 16} <= set(steps)

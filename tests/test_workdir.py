@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import WORKER, finish, small_config, start_worker, synthetic_dataset, wait_for_line
 
 from vae_jax.checkpoints import Checkpointer
-from vae_jax.errors import ConfigError, WorkdirError
+from vae_jax.errors import ConfigError, DataError, WorkdirError
 from vae_jax.train import restore_run, train_and_evaluate
 from vae_jax.workdir import Workdir
 
@@ -59,6 +60,16 @@ def test_force_moves_the_old_run_aside_and_starts_anew(tmp_path, capsys):
     assert Checkpointer(moved[0] / "checkpoints", 3).steps() == [8]
     assert '"latent_dim": 5' in (workdir / "config.json").read_text()
     assert new[0]["test_neg_elbo_nats"] != old[0]["test_neg_elbo_nats"]
+
+
+def test_force_with_bad_input_moves_nothing(tmp_path):
+    data = synthetic_dataset()
+    train_and_evaluate(small_config(train__num_epochs=1), tmp_path / "run", data)
+    bad = data._replace(train_images=data.train_images.astype(np.float32))
+    with pytest.raises(DataError):
+        train_and_evaluate(small_config(), tmp_path / "run", bad, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert Checkpointer(tmp_path / "run" / "checkpoints", 3).steps() == [8]
 
 
 def test_force_never_moves_a_directory_that_is_not_a_run(tmp_path):

@@ -1,6 +1,7 @@
 """A training process for the tests that kill, signal and starve runs (run as a subprocess).
 
-    python tests/train_worker.py WORKDIR [--epochs 3] [--every-steps 0] [--keep 3]
+    python tests/train_worker.py WORKDIR [--epochs 3] [--every-steps 0] [--every-seconds 0]
+        [--keep 3]
         [--step-delay S] [--hang-in-save STEP] [--fill-disk-before-save STEP]
 
 Trains the tiny synthetic config (8 steps per epoch) in WORKDIR and exits as the CLI does: 0,
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("workdir")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--every-steps", type=int, default=0)
+    parser.add_argument("--every-seconds", type=float, default=0.0)
     parser.add_argument("--keep", type=int, default=3)
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--hang-in-save", type=int)
@@ -83,6 +85,7 @@ def main() -> int:
     config = small_config(
         train__num_epochs=args.epochs,
         checkpoint__every_steps=args.every_steps,
+        checkpoint__every_seconds=args.every_seconds,
         checkpoint__max_to_keep=args.keep,
     )
     try:

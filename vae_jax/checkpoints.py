@@ -18,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sys
 from collections.abc import Callable
@@ -47,22 +48,38 @@ def tree_sha256(tree: Any) -> str:
     return h.hexdigest()
 
 
+def _collect_abandoned_reads() -> None:
+    """After a failed restore, Orbax leaves the reads of the other arrays as unfinished
+    coroutines; collect them now, quietly, instead of letting them print "Exception ignored"
+    whenever the garbage collector happens to find them later."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 def _short(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
     return text if len(text) <= 300 else text[:300] + "..."
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, max_to_keep: int):
+    """``read_only`` for readers (evaluation, tests): they must not clean up the temporary
+    folder of a save that the training process has in flight."""
+
+    def __init__(self, directory: Path, max_to_keep: int, read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=None,  # deleted by us, after the newer one is verified
-                create=True,
+                create=not read_only,
+                read_only=read_only,
                 enable_async_checkpointing=False,
-                cleanup_tmp_directories=True,
+                cleanup_tmp_directories=not read_only,
             ),
             item_names=("state", "meta"),
         )
@@ -150,6 +167,7 @@ class Checkpointer:
             try:
                 return self.restore(step, like_for)
             except Exception as e:
+                _collect_abandoned_reads()
                 print(
                     f"warning: checkpoint {self.directory / str(step)} is damaged ({_short(e)}); "
                     "falling back to an older one",

@@ -75,7 +75,7 @@ def restore_run(
     if not run.checkpoints.is_dir():
         raise ConfigError(f"{run.path} has no checkpoint yet")
     mesh = mesh or parallel.make_mesh()
-    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
+    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep, read_only=True)
     try:
         like_for = lambda meta: _saved_like(config, meta, mesh)  # noqa: E731
         if step is None:
@@ -147,51 +147,52 @@ def _train(
     name: str,
     force: bool,
 ) -> list[dict]:
-    if force and (moved := run.move_aside()) is not None:
-        run.unlock()
-        print(f"--force: moved the previous run in {run.path} to {moved}")
-    checkpointer, restored = None, None
-    if run.checkpoints.is_dir():
-        checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-        restored = checkpointer.restore_latest_valid(lambda m: _saved_like(config, m, mesh))
-        if restored is not None and len(restored.meta["history"]) >= config.train.num_epochs:
-            checkpointer.close()
-            print(f"Run in {run.path} is finished ({len(restored.meta['history'])} epochs).")
-            return restored.meta["history"]
-    if dataset is None:
-        dataset = data_lib.load_dataset(config.data)
-    data_lib.check_dataset(dataset, config.train.batch_size)
-    if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
-        raise DataError(
-            f"images are {dataset.image_shape}, but the run in {run.path} was trained on "
-            f"{tuple(restored.meta['image_shape'])}"
-        )
+    checkpointer = None
     try:
-        model = make_model(config.model, dataset.image_shape)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+        restored = None
+        if not force and run.checkpoints.is_dir():
+            checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
+            restored = checkpointer.restore_latest_valid(lambda m: _saved_like(config, m, mesh))
+            if restored is not None and len(restored.meta["history"]) >= config.train.num_epochs:
+                print(f"Run in {run.path} is finished ({len(restored.meta['history'])} epochs).")
+                return restored.meta["history"]
+        if dataset is None:
+            dataset = data_lib.load_dataset(config.data)
+        data_lib.check_dataset(dataset, config.train.batch_size)
+        if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
+            raise DataError(
+                f"images are {dataset.image_shape}, but the run in {run.path} was trained on "
+                f"{tuple(restored.meta['image_shape'])}"
+            )
+        try:
+            model = make_model(config.model, dataset.image_shape)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
-    # --- nothing was written before this line (but the lock of an existing workdir) -------
-    if not run.locked:
-        run.lock()
-    state_bytes = sum(
-        s.size * s.dtype.itemsize
-        for s in jax.tree.leaves(_saved_like(config, {"image_shape": dataset.image_shape}, mesh))
-    )
-    run.create(config, checkpoint_bytes=state_bytes)
-    if checkpointer is None:
-        checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-    try:
-        return _loop(config, run, mesh, dataset, model, checkpointer, restored, name)
-    except OSError as e:  # a figure, metrics.jsonl or an event file
-        steps = checkpointer.steps()
-        newest = f"step {steps[-1]}; rerunning the command resumes from it" if steps else "none"
-        raise OutputError(
-            f"could not write to the workdir: {e}. Check free space and permissions in "
-            f"{run.path}; the newest valid checkpoint is {newest}."
-        ) from e
+        # --- nothing was written before this line (but the lock of an existing workdir) ---
+        if force and (moved := run.move_aside()) is not None:
+            run.unlock()
+            print(f"--force: moved the previous run in {run.path} to {moved}")
+        if not run.locked:
+            run.lock()
+        like = _saved_like(config, {"image_shape": dataset.image_shape}, mesh)
+        run.create(
+            config, checkpoint_bytes=sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
+        )
+        if checkpointer is None:
+            checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
+        try:
+            return _loop(config, run, mesh, dataset, model, checkpointer, restored, name)
+        except OSError as e:  # a figure, metrics.jsonl or an event file
+            steps = checkpointer.steps()
+            newest = f"step {steps[-1]}; rerunning the command resumes from it" if steps else "none"
+            raise OutputError(
+                f"could not write to the workdir: {e}. Check free space and permissions in "
+                f"{run.path}; the newest valid checkpoint is {newest}."
+            ) from e
     finally:
-        checkpointer.close()
+        if checkpointer is not None:
+            checkpointer.close()
 
 
 class _Segment(NamedTuple):
