@@ -8,11 +8,13 @@ ARGS ?=
 DATASET ?= mnist
 TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: help install train experiments test test-slow lint format data clean
+.PHONY: help install train eval experiments test test-slow lint format data clean
 
 help:
 	@echo "make install                 create $(VENV) and install vae_jax (editable, dev extras)"
 	@echo "make train EXP=mnist_z20 [WORKDIR=runs/EXP] [ARGS='--config.KEY=VALUE ...']"
+	@echo "make eval EXP=mnist_z20 [WORKDIR=runs/EXP] [ARGS='--config.eval.iwae_k=5000']"
+	@echo "                             test ELBO, IWAE NLL, rate, active units, figures"
 	@echo "make experiments             list the experiments"
 	@echo "make test                    the test suite (CPU, a few minutes)"
 	@echo "make test-slow               the slow end-to-end reproduction of the seed figure (~7 min)"
@@ -29,6 +31,9 @@ $(PY):
 
 train: | $(PY)
 	$(PY) -m vae_jax train $(EXP) --workdir $(WORKDIR) $(ARGS)
+
+eval: | $(PY)
+	$(PY) -m vae_jax eval $(EXP) --workdir $(WORKDIR) $(ARGS)
 
 experiments: | $(PY)
 	@$(PY) -m vae_jax list

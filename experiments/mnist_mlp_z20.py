@@ -23,4 +23,5 @@ def get_config():
     config.model.mlp_activation = "relu"
     config.train.batch_size = 128
     config.eval.batch_size = 1024
+    config.eval.iwae_k = 100
     return config

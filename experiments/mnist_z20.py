@@ -15,10 +15,17 @@ Expected on 2 CPU cores (AVX2), measured with the command above: 33-40 s per epo
 (1,500-1,850 images/s), 6.5-7.5 min in all. Test -ELBO (nats/image; identical bit for bit
 across runs on one machine): 120.82 after epoch 1, 102.23 after epoch 9, 101.74 after epoch 10.
 Writes figures/reconstructions.png (epoch 1, epoch 9, originals).
+
+The evaluation after training (IWAE k=100 on all 10k test images, ~3 min): IWAE NLL bound
+97.10 +- 0.23 nats, rate 24.83 + distortion 76.91 nats, 20/20 active units. k=5000 on 1000
+test images (~12 min): make eval EXP=mnist_z20 ARGS="--config.eval.iwae_k=5000
+--config.eval.iwae_test_size=1000".
 """
 
 from vae_jax.config import base_config
 
 
 def get_config():
-    return base_config()
+    config = base_config()
+    config.eval.iwae_k = 100  # k=5000 on the full test set: ~2.2 h on 2 CPU cores
+    return config

@@ -59,6 +59,8 @@ def small_config(**overrides):
     config.train.num_epochs = 2
     config.train.log_every_steps = 4
     config.eval.batch_size = 64
+    config.eval.iwae_k = 8
+    config.eval.after_training = False  # tests that want it turn it on
     for key, value in overrides.items():
         *parents, leaf = key.split("__")
         node = config
@@ -90,7 +92,9 @@ def synthetic_dataset(n_train: int = 256, n_test: int = 96, seed: int = 0):
     )
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """``python -m vae_jax ARGS`` in a subprocess, output captured."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
@@ -99,7 +103,7 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 

@@ -1,16 +1,18 @@
 """Run by test_multidevice.py in a subprocess (the device count is fixed at JAX start-up):
 train the tiny synthetic config and print JSON with the history, the final parameters' sums and
-whether the devices drew different noise."""
+whether the devices drew different noise, and its eval.json."""
 
 import json
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
-from vae_jax.train import restore_run, train_and_evaluate
+from vae_jax.restore import restore_run
+from vae_jax.train import train_and_evaluate
 
 
 def noise_shards_differ() -> bool:
@@ -27,7 +29,8 @@ def noise_shards_differ() -> bool:
 
 
 def main(workdir: str) -> None:
-    history = train_and_evaluate(small_config(train__num_epochs=3), workdir, synthetic_dataset())
+    config = small_config(train__num_epochs=3, eval__after_training=True)
+    history = train_and_evaluate(config, workdir, synthetic_dataset())
     params = restore_run(workdir)[2].params
     print(
         json.dumps(
@@ -38,6 +41,7 @@ def main(workdir: str) -> None:
                     float(np.asarray(x, np.float64).sum()) for x in jax.tree.leaves(params)
                 ],
                 "noise_shards_differ": noise_shards_differ(),
+                "eval": json.loads((Path(workdir) / "eval.json").read_text()),
             }
         )
     )

@@ -10,7 +10,8 @@ from conftest import small_config, synthetic_dataset
 from vae_jax import parallel
 from vae_jax.checkpoints import Checkpointer, tree_sha256
 from vae_jax.errors import CheckpointError
-from vae_jax.train import restore_run, train_and_evaluate
+from vae_jax.restore import restore_run
+from vae_jax.train import train_and_evaluate
 from vae_jax.train_step import abstract_state
 
 

@@ -10,7 +10,8 @@ from vae_jax import data as data_lib
 from vae_jax import rng
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import NonFiniteError
-from vae_jax.train import restore_run, train_and_evaluate
+from vae_jax.restore import restore_run
+from vae_jax.train import train_and_evaluate
 from vae_jax.train_step import epoch_permutation
 
 POISON = 13  # a pixel value the synthetic images (0 or 255) never have

@@ -12,7 +12,8 @@ from conftest import small_config, synthetic_dataset
 from vae_jax import parallel
 from vae_jax.config import ConfigError, to_json_dict
 from vae_jax.reporting import read_jsonl, tensorboard_scalars
-from vae_jax.train import restore_run, train_and_evaluate
+from vae_jax.restore import restore_run
+from vae_jax.train import train_and_evaluate
 
 
 def _tensorboard_scalars(logdir) -> set:

@@ -13,7 +13,8 @@ from conftest import WORKER, finish, small_config, start_worker, synthetic_datas
 
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import ConfigError, DataError, WorkdirError
-from vae_jax.train import restore_run, train_and_evaluate
+from vae_jax.restore import restore_run
+from vae_jax.train import train_and_evaluate
 from vae_jax.workdir import Workdir
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,14 @@ def _collect_abandoned_reads() -> None:
         sys.unraisablehook = hook
 
 
+class _DropReadOnlyNotices(logging.Filter):
+    """Orbax warns that a ``read_only`` manager is read only; for a reader that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("read_only=True" in text or "directory is read only" in text)
+
+
 def _short(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
     return text if len(text) <= 300 else text[:300] + "..."
@@ -72,7 +81,16 @@ class Checkpointer:
     def __init__(self, directory: Path, max_to_keep: int, read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
-        self.manager = ocp.CheckpointManager(
+        quiet = _DropReadOnlyNotices()
+        absl_logger = logging.getLogger("absl")
+        absl_logger.addFilter(quiet)
+        try:
+            self.manager = self._manager(read_only)
+        finally:
+            absl_logger.removeFilter(quiet)
+
+    def _manager(self, read_only: bool) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=None,  # deleted by us, after the newer one is verified

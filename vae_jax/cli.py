@@ -12,6 +12,7 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from vae_jax import config as config_lib
 from vae_jax.errors import ConfigError, TrainingInterrupted, VaeJaxError
@@ -23,18 +24,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Train variational autoencoders; experiments are files in experiments/.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train",
-        help="train an experiment (resumes its workdir)",
-        epilog="Override any config key: --config.model.latent_dim=10 --config.train.num_epochs=3",
-    )
-    train.add_argument("experiment", help="a name in experiments/ or a path to a .py file")
-    train.add_argument("--workdir", help="where the run is written (default: runs/<experiment>)")
-    train.add_argument(
-        "--force",
-        action="store_true",
-        help="start anew: move a run already in the workdir aside to <workdir>.old-<time>",
-    )
+    commands = {
+        "train": (
+            "train an experiment (resumes its workdir)",
+            "Override any config key: --config.model.latent_dim=10 --config.train.num_epochs=3",
+            "where the run is written",
+        ),
+        "eval": (
+            "evaluate a trained run: eval.json, a table, figures",
+            "Override eval settings only, e.g. --config.eval.iwae_k=100",
+            "the run to evaluate",
+        ),
+    }
+    for command, (summary, epilog, workdir_help) in commands.items():
+        p = sub.add_parser(command, help=summary, epilog=epilog)
+        p.add_argument("experiment", help="a name in experiments/ or a path to a .py file")
+        p.add_argument("--workdir", help=f"{workdir_help} (default: runs/<experiment>)")
+        if command == "train":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="start anew: move a run already in the workdir aside to <workdir>.old-<time>",
+            )
+        else:
+            p.add_argument(
+                "--step", type=int, help="a checkpoint step (default: the newest valid checkpoint)"
+            )
     sub.add_parser("list", help="list the experiments")
     return parser
 
@@ -53,11 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
             print("\n".join(config_lib.available_experiments()))
             return 0
-        config = config_lib.apply_overrides(
-            config_lib.load_experiment(args.experiment), config_lib.split_override_args(rest)
-        )
         name = args.experiment.removesuffix(".py").rsplit("/", 1)[-1]
         workdir = args.workdir or f"runs/{name}"
+        overrides = config_lib.split_override_args(rest)
+        if args.command == "eval":
+            if not Path(workdir).exists():  # then a wrong name is the likelier mistake
+                config_lib.experiment_path(args.experiment)
+            from vae_jax.run_eval import evaluate_run
+
+            evaluate_run(workdir, overrides, step=args.step)
+            return 0
+        config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), overrides)
         from vae_jax.train import train_and_evaluate  # imports JAX: after the cheap checks
 
         train_and_evaluate(config, workdir, name=name, force=args.force)

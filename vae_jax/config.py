@@ -60,7 +60,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(
         {"batch_size": 100, "num_epochs": 10, "learning_rate": 1e-3, "log_every_steps": 50}
     )
-    c.eval = ml_collections.ConfigDict({"batch_size": 1000, "num_samples": 1})
+    c.eval = ml_collections.ConfigDict(
+        {
+            # The test -ELBO: images per chunk, posterior samples per image.
+            "batch_size": 1000,
+            "num_samples": 1,
+            # The IWAE bound: samples per image, on the first iwae_test_size test images
+            # (0 = all), decoding at most iwae_pairs_per_call (image, sample) pairs at once.
+            "iwae_k": 5000,
+            "iwae_test_size": 0,
+            "iwae_pairs_per_call": 1024,
+            # Run the full evaluation (eval.json, eval figures) when training finishes.
+            "after_training": True,
+        }
+    )
     # The reconstructions figure compares epoch 1 with this epoch (or the last, if fewer).
     c.figures = ml_collections.ConfigDict({"late_epoch": 9})
     # A checkpoint after every epoch, and also every N steps / N seconds when > 0.
@@ -83,6 +96,8 @@ POSITIVE_INTS = (
     "train.log_every_steps",
     "eval.batch_size",
     "eval.num_samples",
+    "eval.iwae_k",
+    "eval.iwae_pairs_per_call",
     "figures.late_epoch",
     "checkpoint.max_to_keep",
 )
@@ -91,12 +106,15 @@ NON_NEGATIVE_INTS = (
     "data.binarize_seed",
     "data.train_size",
     "data.test_size",
+    "eval.iwae_test_size",
     "checkpoint.every_steps",
 )
 MAX_INT = 2**31 - 1  # every integer setting fits in int32 (seeds become JAX keys)
 POSITIVE_FLOATS = ("model.noise_scale", "model.obs_stddev", "train.learning_rate")
 NON_NEGATIVE_FLOATS = ("checkpoint.every_seconds",)
-# Keys that may differ when an existing workdir is resumed.
+# Keys that may differ when an existing workdir is resumed (besides every eval.* key, which
+# never changes what is trained).
+RESUMABLE_PREFIXES = ("eval.",)
 RESUMABLE_KEYS = frozenset(
     {
         "train.num_epochs",
@@ -183,6 +201,10 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
         return v
 
     return plain(config)
+
+
+def may_change_on_resume(key: str) -> bool:
+    return key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES)
 
 
 def _flat_json(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:

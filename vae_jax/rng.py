@@ -20,6 +20,7 @@ class Stream(enum.IntEnum):
     TRAIN = 2  # fold_in(step): reparameterization noise and dynamic binarization
     EVAL = 3  # fold_in(chunk): posterior samples of the test-set evaluation
     FIGURES = 4  # the fixed latents of the sample grids
+    IWAE = 5  # fold_in(image index), fold_in(sample index): importance samples
 
 
 def root_key(seed: int) -> jax.Array:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
-from vae_jax import figures, objectives, parallel, rng
+from vae_jax import figures, objectives, parallel, rng, run_eval
 from vae_jax.checkpoints import Checkpointer, Restored
 from vae_jax.errors import (
     ConfigError,
@@ -36,59 +36,21 @@ from vae_jax.errors import (
 from vae_jax.evaluate import make_test_evaluator
 from vae_jax.models import VAE, make_model
 from vae_jax.reporting import MetricsWriter, is_writer
+from vae_jax.restore import saved_like
 from vae_jax.stopping import StopRequest
 from vae_jax.train_step import (
     TRAIN_METRICS,
     EpochSums,
     TrainState,
-    abstract_state,
     epoch_permutation,
     init_state,
     make_optimizer,
     make_train_step,
-    replicated_like,
     zero_sums,
 )
 from vae_jax.workdir import Workdir
 
 NUM_FIGURE_IMAGES = 64
-
-
-def _saved_like(config: ml_collections.ConfigDict, meta: dict, mesh: Mesh) -> dict:
-    """The pytree a checkpoint holds, as shapes, dtypes and shardings."""
-    return {
-        "train_state": abstract_state(config, tuple(meta["image_shape"]), mesh),
-        "epoch_sums": replicated_like(jax.eval_shape(zero_sums), mesh),
-    }
-
-
-def restore_run(
-    workdir: str | Path, step: int | None = None, mesh: Mesh | None = None
-) -> tuple[ml_collections.ConfigDict, VAE, TrainState, dict]:
-    """``(config, model, state, meta)`` of the run in ``workdir``: its newest valid checkpoint,
-    or ``step``. Raises :class:`ConfigError` if there is none."""
-    run = Workdir(Path(workdir))
-    saved = run.saved_config()
-    if saved is None:
-        raise ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
-    config = config_lib.from_json_dict(saved)
-    if not run.checkpoints.is_dir():
-        raise ConfigError(f"{run.path} has no checkpoint yet")
-    mesh = mesh or parallel.make_mesh()
-    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep, read_only=True)
-    try:
-        like_for = lambda meta: _saved_like(config, meta, mesh)  # noqa: E731
-        if step is None:
-            restored = checkpointer.restore_latest_valid(like_for)
-        else:
-            restored = checkpointer.restore(step, like_for)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise ConfigError(f"{run.path} has no checkpoint yet")
-    image_shape = tuple(restored.meta["image_shape"])
-    model = make_model(config.model, image_shape)
-    return config, model, restored.state["train_state"], restored.meta
 
 
 def make_figure_fn(model: VAE) -> Callable:
@@ -152,9 +114,11 @@ def _train(
         restored = None
         if not force and run.checkpoints.is_dir():
             checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-            restored = checkpointer.restore_latest_valid(lambda m: _saved_like(config, m, mesh))
+            restored = checkpointer.restore_latest_valid(lambda m: saved_like(config, m, mesh))
             if restored is not None and len(restored.meta["history"]) >= config.train.num_epochs:
                 print(f"Run in {run.path} is finished ({len(restored.meta['history'])} epochs).")
+                if config.eval.after_training and not run_eval.is_current(run.path, restored.step):
+                    run_eval.evaluate_run(run.path, dataset=dataset)
                 return restored.meta["history"]
         if dataset is None:
             dataset = data_lib.load_dataset(config.data)
@@ -175,14 +139,17 @@ def _train(
             print(f"--force: moved the previous run in {run.path} to {moved}")
         if not run.locked:
             run.lock()
-        like = _saved_like(config, {"image_shape": dataset.image_shape}, mesh)
+        like = saved_like(config, {"image_shape": dataset.image_shape}, mesh)
         run.create(
             config, checkpoint_bytes=sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
         )
         if checkpointer is None:
             checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
         try:
-            return _loop(config, run, mesh, dataset, model, checkpointer, restored, name)
+            history = _loop(config, run, mesh, dataset, model, checkpointer, restored, name)
+            if config.eval.after_training:
+                run_eval.evaluate_run(run.path, dataset=dataset)
+            return history
         except OSError as e:  # a figure, metrics.jsonl or an event file
             steps = checkpointer.steps()
             newest = f"step {steps[-1]}; rerunning the command resumes from it" if steps else "none"

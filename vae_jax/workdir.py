@@ -65,7 +65,7 @@ class Workdir:
         changed = {
             k: v
             for k, v in config_lib.diff(saved, config).items()
-            if k not in config_lib.RESUMABLE_KEYS
+            if not config_lib.may_change_on_resume(k)
         }
         if changed:
             lines = "\n".join(
@@ -76,6 +76,7 @@ class Workdir:
                 "Choose another --workdir, start anew there with --force (the old run is moved "
                 "aside, not deleted), or change only keys that may change on resume: "
                 + ", ".join(sorted(config_lib.RESUMABLE_KEYS))
+                + ", eval.*"
             )
 
     # -----------------------------------------------------------------------------------------

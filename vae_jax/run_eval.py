@@ -1,0 +1,266 @@
+"""``make eval``: evaluate a run's checkpoint; write ``eval.json``, a table and the figures.
+
+Uses the run's own config (``config.json``); only ``eval.*`` keys may be overridden, since
+nothing else may differ from what was trained. Also run at the end of training when
+``eval.after_training`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vae_jax import config as config_lib
+from vae_jax import data as data_lib
+from vae_jax import figures, latent_figures, objectives, parallel, rng
+from vae_jax.atomic_io import write_json
+from vae_jax.errors import ConfigError, DataError
+from vae_jax.evaluate import (
+    ACTIVE_UNIT_THRESHOLD,
+    make_iwae_evaluator,
+    make_latent_evaluator,
+    make_test_evaluator,
+)
+from vae_jax.models import VAE
+from vae_jax.reporting import is_writer
+from vae_jax.restore import restore_run
+from vae_jax.workdir import Workdir
+
+NUM_FIGURE_IMAGES = 64
+NUM_TRAVERSAL_DIMS = 10
+NUM_INTERPOLATIONS = 8
+
+
+def eval_json_path(workdir: Path, step: int | None = None) -> Path:
+    return Path(workdir) / ("eval.json" if step is None else f"eval_step_{step}.json")
+
+
+def apply_eval_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]
+) -> ml_collections.ConfigDict:
+    for key, _ in overrides:
+        if not key.startswith("eval."):
+            raise ConfigError(
+                f"--config.{key}: evaluation uses the run's own config; only eval.* keys can be "
+                "overridden (e.g. --config.eval.iwae_k=100)"
+            )
+    return config_lib.apply_overrides(config, overrides)
+
+
+def evaluated_step(workdir: Path) -> int | None:
+    """The checkpoint step that ``eval.json`` describes, if there is one."""
+    path = eval_json_path(workdir)
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def evaluate_run(
+    workdir: str | Path,
+    overrides: Sequence[tuple[str, str]] = (),
+    step: int | None = None,
+    dataset: data_lib.Dataset | None = None,
+) -> dict:
+    """Evaluate checkpoint ``step`` (default: the newest valid one) of the run in ``workdir``.
+
+    Returns what it writes to ``eval.json`` (``eval_step_<step>.json`` for a chosen step).
+    """
+    workdir = Path(workdir)
+    config, model, state, meta = restore_run(workdir, step)
+    config = apply_eval_overrides(config, overrides)
+    mesh = parallel.make_mesh()
+    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+    if dataset is None:
+        dataset = data_lib.load_dataset(config.data)
+    if tuple(meta["image_shape"]) != dataset.test_images.shape[1:]:
+        raise DataError(
+            f"test images are {dataset.test_images.shape[1:]}, but the run in {workdir} was "
+            f"trained on {tuple(meta['image_shape'])}"
+        )
+    start = time.perf_counter()
+    params, root = state.params, state.root
+    test_images = dataset.test_images
+    elbo = make_test_evaluator(model, config, test_images, mesh, root)(params)
+    latent = make_latent_evaluator(model, config, test_images, mesh)(params)
+    iwae_images = test_images[: config.eval.iwae_test_size or None]
+    iw = make_iwae_evaluator(model, config, iwae_images, mesh, root)(params)
+
+    decode_fn = jax.jit(
+        lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
+    )
+
+    def decode(z: np.ndarray) -> np.ndarray:
+        return np.asarray(decode_fn(params, jnp.asarray(z, jnp.float32)))
+
+    originals = data_lib.to_float(test_images[:NUM_FIGURE_IMAGES])
+    recon = decode(latent.means[:NUM_FIGURE_IMAGES])
+    recon_mse = float(np.mean(np.square(recon - np.asarray(originals))))
+    label = f"{workdir.name}: step {meta['step']} (epoch {meta['epoch']})"
+    drawn = _draw(
+        workdir, config, decode, latent, np.asarray(originals), recon, root, dataset, label
+    )
+
+    result = {
+        "workdir": str(workdir),
+        "step": int(meta["step"]),
+        "epoch": int(meta["epoch"]),
+        "data": {
+            "name": config.data.name,
+            "binarize": config.data.binarize,
+            "binarize_seed": config.data.binarize_seed,  # the test set's fixed binarization
+        },
+        "test_images": len(test_images),
+        "noise_scale": config.model.noise_scale,
+        "bounds_note": "every bound uses q = N(mean, (noise_scale * stddev)^2), the one sampled",
+        "test_neg_elbo_nats": elbo["neg_elbo"],
+        "elbo_samples_per_image": config.eval.num_samples,
+        "distortion_nats": elbo["recon"],
+        "rate_nats": latent.rate,
+        "rate_per_dim_nats": latent.rate_per_dim.tolist(),
+        "iwae_k": iw.k,
+        "iwae_test_images": len(iw.bounds),
+        "iwae_nll_nats": iw.nll,
+        "iwae_nll_stderr_nats": iw.stderr,
+        "iwae_seconds": iw.seconds,
+        "iwae_images_per_call": iw.images_per_call,
+        "iwae_samples_per_call": iw.samples_per_call,
+        "iwae_xla_bytes_per_call": iw.xla_bytes_per_call,
+        "peak_host_rss_bytes": iw.peak_host_rss_bytes,
+        "active_units": latent.active_units,
+        "latent_dim": int(latent.means.shape[1]),
+        "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+        "posterior_mean_variance_per_dim": latent.mean_variance.tolist(),
+        "recon_mse_per_pixel_64": recon_mse,
+        "figures": drawn,
+        "seconds": time.perf_counter() - start,
+    }
+    path = eval_json_path(workdir, step)
+    if is_writer():
+        write_json(path, result)
+        print(format_table(result, path))
+    return result
+
+
+def _draw(
+    workdir: Path,
+    config: ml_collections.ConfigDict,
+    decode,
+    latent,
+    originals: np.ndarray,
+    recon: np.ndarray,
+    root: jax.Array,
+    dataset: data_lib.Dataset,
+    label: str,
+) -> list[str]:
+    if not is_writer():
+        return []
+    out = Workdir(workdir).figures
+    z = jax.random.normal(
+        rng.stream(root, rng.Stream.FIGURES), (NUM_FIGURE_IMAGES, config.model.latent_dim)
+    )
+    figures.save_panels(
+        out / "eval_samples.png",
+        [("Samples from the prior", figures.make_grid(decode(np.asarray(z))))],
+        label,
+    )
+    figures.save_panels(
+        out / "eval_reconstructions.png",
+        [
+            ("Originals", figures.make_grid(originals)),
+            ("Reconstructions", figures.make_grid(recon)),
+        ],
+        label,
+    )
+    order = np.argsort(-latent.mean_variance)[:NUM_TRAVERSAL_DIMS]
+    spread = np.sqrt(latent.mean_variance + np.mean(np.square(latent.stddevs), axis=0))
+    latent_figures.save_traversals(
+        out / "traversals.png",
+        decode,
+        latent.means[0],
+        order,
+        spread,
+        latent.rate_per_dim,
+        f"{label}: traversals of the {len(order)} most active dimensions",
+    )
+    pairs = min(NUM_INTERPOLATIONS, len(originals) // 2)
+    if pairs:
+        latent_figures.save_interpolations(
+            out / "interpolations.png",
+            decode,
+            latent.means[0 : 2 * pairs : 2],
+            latent.means[1 : 2 * pairs : 2],
+            originals[0 : 2 * pairs : 2],
+            originals[1 : 2 * pairs : 2],
+            f"{label}: interpolations between test images",
+        )
+    latent_figures.save_kl_per_dim(
+        out / "kl_per_dim.png",
+        latent.rate_per_dim,
+        latent.mean_variance,
+        ACTIVE_UNIT_THRESHOLD,
+        label,
+    )
+    names = ["eval_samples.png", "eval_reconstructions.png", "traversals.png"]
+    names += ["interpolations.png"] if pairs else []
+    names.append("kl_per_dim.png")
+    if config.model.latent_dim == 2:
+        latent_figures.save_manifold(out / "manifold.png", decode, f"{label}: learned manifold")
+        latent_figures.save_latent_scatter(
+            out / "latent_scatter.png",
+            latent.means,
+            dataset.test_labels,
+            f"{label}: test set posterior means",
+        )
+        names += ["manifold.png", "latent_scatter.png"]
+    return names
+
+
+def format_table(r: dict, path: Path) -> str:
+    """The printed summary of an evaluation."""
+    data = r["data"]["name"] + (
+        f", {r['data']['binarize']} binarization"
+        if r["data"]["binarize"] != "none"
+        else ", grayscale"
+    )
+    rows = [
+        (
+            f"test -ELBO ({r['elbo_samples_per_image']} sample/image)",
+            f"{r['test_neg_elbo_nats']:.2f} nats",
+        ),
+        ("  distortion (reconstruction)", f"{r['distortion_nats']:.2f} nats"),
+        ("  rate (KL)", f"{r['rate_nats']:.2f} nats"),
+        (
+            f"IWAE NLL bound, k={r['iwae_k']} ({r['iwae_test_images']} images)",
+            f"{r['iwae_nll_nats']:.2f} ± {r['iwae_nll_stderr_nats']:.2f} nats (std. error)",
+        ),
+        (
+            f"active units (Var > {r['active_unit_threshold']:g})",
+            f"{r['active_units']} / {r['latent_dim']}",
+        ),
+        ("reconstruction MSE / pixel (64 images)", f"{r['recon_mse_per_pixel_64']:.5f}"),
+        (
+            "IWAE time, memory",
+            f"{r['iwae_seconds']:.1f} s; XLA {r['iwae_xla_bytes_per_call'] / 2**20:.0f} MiB per "
+            f"call, process peak {r['peak_host_rss_bytes'] / 2**20:.0f} MiB",
+        ),
+    ]
+    width = max(len(a) for a, _ in rows)
+    lines = [
+        f"Evaluation of {r['workdir']} at step {r['step']} (epoch {r['epoch']}), "
+        f"{r['test_images']} test images, {data}"
+    ]
+    lines += [f"  {a.ljust(width)}  {b}" for a, b in rows]
+    lines.append(f"  written: {path} and {len(r['figures'])} figures in figures/")
+    return "\n".join(lines)
+
+
+def is_current(workdir: Path, step: int) -> bool:
+    return evaluated_step(workdir) == step
