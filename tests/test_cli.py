@@ -56,8 +56,8 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PL
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["mnist_z2O"], {}, "unknown experiment 'mnist_z2O' (did you mean 'mnist_z20'?)"),
-        (["nope"], {}, "mnist_mlp_z20, mnist_z20"),  # lists the experiments
+        (["mnst_z20"], {}, "unknown experiment 'mnst_z20' (did you mean 'mnist_z20'?)"),
+        (["nope"], {}, "bmnist_z20, mnist_mlp_z20, mnist_z2, mnist_z20"),  # lists them
         (["mnist_z20", "--config.model.latnt_dim=5"], {}, "unknown config key 'model.latnt_dim'"),
         (["mnist_z20", "--config.model.latent_dim=0"], {}, "model.latent_dim=0 is invalid"),
         (["mnist_z20", "--config.model.latent_dim=-1"], {}, "expected an integer from 1 to"),
