@@ -13,6 +13,8 @@ Expected on 2 CPU cores, measured with the command above while other jobs shared
 ~6,600 images/s, 16 min of training for the 100 epochs, then ~15-30 min for the k=5000 bound on
 all 10k test images. Test -ELBO (nats/image): 105.12 after epoch 12, 98.00 after epoch 53, 96.44
 after epoch 100.
+IWAE k=5000 NLL bound on the first 2000 test images: 90.99 +- 0.54 nats (7.6 min, with
+--config.eval.iwae_test_size=2000); rate 24.19 + distortion 72.25 nats; 18/50 active units.
 """
 
 from vae_jax.config import base_config

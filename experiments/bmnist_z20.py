@@ -14,6 +14,8 @@ Expected on 2 CPU cores (AVX2), measured with the command above: the same ~1,500
 as mnist_z20 when alone, so ~20 min of training for the 30 epochs (32 min measured while other
 jobs shared the cores), then the evaluation. Test -ELBO (nats/image): 117.11 after epoch 1,
 98.47 after epoch 9, 95.31 after epoch 28, still falling by ~0.1 nats per epoch.
+After 30 epochs: test -ELBO 95.21, rate 27.28 + distortion 67.93 nats, 20/20 active units;
+IWAE k=5000 NLL bound on the first 1000 test images 89.39 +- 0.72 nats (22 min, shared cores).
 """
 
 from vae_jax.config import base_config

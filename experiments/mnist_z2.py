@@ -7,9 +7,10 @@ mnist_z20 with latent_dim=2 (grayscale MNIST, Bernoulli reconstruction, batch 10
 means over a 20x20 grid of the Gaussian's inverse CDF, as Kingma & Welling's figure 4) and
 figures/latent_scatter.png (test encodings coloured by digit).
 
-Expected on 2 CPU cores: the speed of mnist_z20 (~7 min for the 10 epochs, alone), then ~3 min
-of evaluation (IWAE k=100). With two dimensions the bound is far looser than with 20: test
--ELBO 166.07 nats after epoch 3 (measured while other jobs shared the cores).
+Expected on 2 CPU cores: the speed of mnist_z20 (~7 min for the 10 epochs when alone; 16 min
+measured while other jobs shared the cores), then ~3 min of evaluation (IWAE k=100). Measured:
+test -ELBO 177.49 nats after epoch 1, 157.35 after epoch 9, 156.88 after epoch 10 (rate 5.48,
+distortion 151.40); IWAE k=100 NLL bound 153.42 +- 0.49 nats; 2/2 active units.
 """
 
 from vae_jax.config import base_config
