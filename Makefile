@@ -6,9 +6,11 @@ EXP ?= mnist_z20
 WORKDIR ?= runs/$(EXP)
 ARGS ?=
 DATASET ?= mnist
+BENCH_JSON ?= runs/bench.json
+BENCH_ARGS ?=
 TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: help install train eval experiments test test-slow lint format data clean
+.PHONY: help install train eval experiments bench test test-slow lint format data clean
 
 help:
 	@echo "make install                 create $(VENV) and install vae_jax (editable, dev extras)"
@@ -16,6 +18,8 @@ help:
 	@echo "make eval EXP=mnist_z20 [WORKDIR=runs/EXP] [ARGS='--config.eval.iwae_k=5000']"
 	@echo "                             test ELBO, IWAE NLL, rate, active units, figures"
 	@echo "make experiments             list the experiments"
+	@echo "make bench [BENCH_JSON=runs/bench.json] [BENCH_ARGS='--batch 100 --reps 5']"
+	@echo "                             training images/s, compile time, memory, GFLOP/s"
 	@echo "make test                    the test suite (CPU, a few minutes)"
 	@echo "make test-slow               the slow end-to-end reproduction of the seed figure (~7 min)"
 	@echo "make lint / make format      ruff"
@@ -37,6 +41,9 @@ eval: | $(PY)
 
 experiments: | $(PY)
 	@$(PY) -m vae_jax list
+
+bench: | $(PY)
+	$(PY) -m vae_jax.bench --json $(BENCH_JSON) $(BENCH_ARGS)
 
 test: | $(PY)
 	$(PY) -m pytest -q -m "not slow"

@@ -46,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="start anew: move a run already in the workdir aside to <workdir>.old-<time>",
             )
+            multi = p.add_argument_group(
+                "multi-process (multi-host) runs; see README, 'Multi-host training'"
+            )
+            multi.add_argument(
+                "--distributed",
+                action="store_true",
+                help="join a multi-process run (JAX cluster auto-detection: SLURM, Open MPI, "
+                "TPU pods; or the flags below / $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+                "$JAX_PROCESS_ID)",
+            )
+            multi.add_argument(
+                "--coordinator", help="HOST:PORT of process 0 (implies --distributed)"
+            )
+            multi.add_argument("--num-processes", type=int)
+            multi.add_argument("--process-id", type=int)
         else:
             p.add_argument(
                 "--step", type=int, help="a checkpoint step (default: the newest valid checkpoint)"
@@ -81,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), overrides)
         from vae_jax.train import train_and_evaluate  # imports JAX: after the cheap checks
 
+        if args.distributed or args.coordinator:
+            from vae_jax.parallel import initialize_distributed
+
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         train_and_evaluate(config, workdir, name=name, force=args.force)
         return 0
     except KeyboardInterrupt:  # before training started: nothing to save

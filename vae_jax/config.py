@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
             "obs_stddev": 0.1,
             # z = mean + noise_scale * stddev * eps. 1.0 is the standard VAE.
             "noise_scale": 1.0,
+            # How the conv arch computes its strided convs (same math, see conv_ops.py):
+            # auto = space_to_depth on CPU (several times faster there), native elsewhere.
+            "conv_impl": "auto",
         }
     )
     c.data = ml_collections.ConfigDict(
@@ -87,6 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("conv", "mlp"),
     "model.mlp_activation": ("relu", "tanh"),
     "model.likelihood": ("bernoulli", "gaussian"),
+    "model.conv_impl": ("auto", "native", "space_to_depth", "patches"),
     "data.binarize": ("none", "dynamic", "static"),
 }
 POSITIVE_INTS = (
@@ -119,6 +123,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "train.num_epochs",
         "train.log_every_steps",
+        "model.conv_impl",
         "figures.late_epoch",
         "data.tfds_data_dir",
         "checkpoint.max_to_keep",

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vae_jax import conv_ops
+
 # The seed (kvfrans/variational-autoencoder, ops.py) initializes conv and transposed-conv
 # kernels with a truncated normal and dense matrices with a normal, both of stddev 0.02, and
 # biases with zeros.
@@ -24,15 +26,40 @@ ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
 CONV_IMAGE_SHAPE = (28, 28, 1)
 
 
+class Stride2Conv(nn.Module):
+    """A 5x5 stride-2 SAME conv (``transpose=False``, with bias) or transposed conv (no bias),
+    with the parameters of ``nn.Conv`` / ``nn.ConvTranspose`` and the math of
+    :mod:`vae_jax.conv_ops` implementation ``impl`` (``native`` or ``space_to_depth``)."""
+
+    features: int
+    transpose: bool = False
+    impl: str = "native"
+    kernel_size: int = 5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", SEED_CONV_INIT, (k, k, x.shape[-1], self.features))
+        conv, conv_transpose = conv_ops.conv_fns(self.impl)
+        if self.transpose:
+            return conv_transpose(x, kernel)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv(x, kernel) + bias
+
+
 class ConvEncoder(nn.Module):
-    """The seed's encoder: two 5x5 stride-2 SAME convs (1->16->32), leaky ReLU 0.2, two heads."""
+    """The seed's encoder: two 5x5 stride-2 SAME convs (1->16->32), leaky ReLU 0.2, two heads.
+
+    ``conv_impl``: how the convs are computed (:func:`vae_jax.conv_ops.resolve` names).
+    """
 
     latent_dim: int
+    conv_impl: str = "native"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        for features in (16, 32):
-            x = nn.Conv(features, (5, 5), (2, 2), "SAME", kernel_init=SEED_CONV_INIT)(x)
+        for i, features in enumerate((16, 32)):
+            x = Stride2Conv(features, impl=self.conv_impl, name=f"Conv_{i}")(x)
             x = nn.leaky_relu(x, 0.2)
         x = x.reshape(x.shape[0], -1)
         mean = nn.Dense(self.latent_dim, kernel_init=SEED_DENSE_INIT, name="mean")(x)
@@ -47,17 +74,14 @@ class ConvDecoder(nn.Module):
     never adds it).
     """
 
+    conv_impl: str = "native"
+
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         h = nn.Dense(7 * 7 * 32, kernel_init=SEED_DENSE_INIT)(z)
         h = nn.relu(h.reshape(z.shape[0], 7, 7, 32))
-        h = nn.ConvTranspose(
-            16, (5, 5), (2, 2), "SAME", use_bias=False, kernel_init=SEED_CONV_INIT
-        )(h)
-        h = nn.relu(h)
-        return nn.ConvTranspose(
-            1, (5, 5), (2, 2), "SAME", use_bias=False, kernel_init=SEED_CONV_INIT
-        )(h)
+        h = Stride2Conv(16, True, self.conv_impl, name="ConvTranspose_0")(h)
+        return Stride2Conv(1, True, self.conv_impl, name="ConvTranspose_1")(nn.relu(h))
 
 
 class MLPEncoder(nn.Module):
@@ -121,7 +145,8 @@ def make_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[in
                 f"model.arch='conv' is the seed's 28x28x1 network; images are {image_shape}. "
                 "Use model.arch='mlp' for other shapes."
             )
-        return VAE(ConvEncoder(model_config.latent_dim), ConvDecoder())
+        impl = conv_ops.resolve(model_config.conv_impl)
+        return VAE(ConvEncoder(model_config.latent_dim, impl), ConvDecoder(impl))
     hidden, act = tuple(model_config.mlp_hidden_dims), model_config.mlp_activation
     return VAE(
         MLPEncoder(model_config.latent_dim, hidden, act), MLPDecoder(image_shape, hidden, act)

@@ -34,3 +34,24 @@ def check_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
             f"{key}={batch_size} does not divide by the {n} devices "
             f"({jax.devices()[0].platform}); use a multiple of {n}, e.g. " + ", ".join(map(str, ok))
         )
+
+
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process (multi-host) run: ``jax.distributed.initialize`` with these values,
+    falling back to ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``,
+    and, where all are unset, to JAX's cluster auto-detection (SLURM, Open MPI, TPU pods).
+    On CPU the processes exchange gradients over gloo."""
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)

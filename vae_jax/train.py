@@ -26,6 +26,7 @@ from vae_jax import config as config_lib
 from vae_jax import data as data_lib
 from vae_jax import figures, objectives, parallel, rng, run_eval
 from vae_jax.checkpoints import Checkpointer, Restored
+from vae_jax.conv_ops import compile_fast
 from vae_jax.errors import (
     ConfigError,
     DataError,
@@ -347,16 +348,13 @@ class EpochTrainer:
         start = time.perf_counter()
         # Compiled ahead of time: a later call with other shapes or shardings fails loudly
         # instead of silently recompiling.
-        self._step = (
-            jax.jit(
-                make_train_step(model, tx, config, self.steps_per_epoch, mesh),
-                in_shardings=(state_sharding, sums_sharding, repl, repl),
-                out_shardings=(state_sharding, sums_sharding),
-                donate_argnums=0,
-            )
-            .lower(state, sums, self.images, self._permute(state.rng, jnp.int32(0)))
-            .compile()
-        )
+        lowered = jax.jit(
+            make_train_step(model, tx, config, self.steps_per_epoch, mesh),
+            in_shardings=(state_sharding, sums_sharding, repl, repl),
+            out_shardings=(state_sharding, sums_sharding),
+            donate_argnums=0,
+        ).lower(state, sums, self.images, self._permute(state.rng, jnp.int32(0)))
+        self._step = compile_fast(lowered)
         self.compile_seconds = time.perf_counter() - start
 
     def batch_indices(self, state: TrainState, step: int) -> list[int]:

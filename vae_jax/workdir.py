@@ -83,7 +83,12 @@ class Workdir:
     # Lock
 
     def lock(self) -> None:
-        """Take the workdir's lock (creating the folder), or raise if another process holds it."""
+        """Take the workdir's lock (creating the folder), or raise if another process holds it.
+
+        In a multi-process run process 0 holds it for all (the others write nothing here)."""
+        if not is_writer():
+            self._lock_fd = -1
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -110,7 +115,7 @@ class Workdir:
         return self._lock_fd is not None
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
+        if self._lock_fd is not None and self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 

@@ -1,0 +1,111 @@
+"""The fast CPU convolutions compute what ``nn.Conv`` / ``nn.ConvTranspose`` compute: outputs
+and gradients equal to 1e-5 relative, and the conv VAE's loss and gradients equal under every
+implementation, with the same parameter tree (checkpoints move between them)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import conv_ops, objectives
+from vae_jax.config import base_config
+from vae_jax.models import init_params, make_model
+
+# (input shape, kernel size, out features): the seed's four layers and some other shapes.
+CONVS = [((3, 28, 28, 1), 5, 16), ((3, 14, 14, 16), 5, 32), ((2, 8, 10, 3), 3, 4)]
+TRANSPOSES = [((3, 7, 7, 32), 5, 16), ((3, 14, 14, 16), 5, 1), ((2, 4, 5, 3), 3, 2)]
+FAST = {
+    "space_to_depth": (conv_ops.conv_space_to_depth, conv_ops.conv_transpose_space_to_depth),
+    "fast": (conv_ops.conv_fast, conv_ops.conv_transpose_fast),
+}
+
+
+def _relmax(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def _check(fn, reference, x, kernel):
+    """Output and both gradients (of a non-trivial cotangent) of fn vs. reference."""
+    y_ref, vjp_ref = jax.vjp(reference, x, kernel)
+    y, vjp = jax.vjp(fn, x, kernel)
+    g = jnp.cos(3.0 * y_ref)
+    assert y.shape == y_ref.shape
+    assert _relmax(y, y_ref) < 1e-5
+    for got, want in zip(vjp(g), vjp_ref(g), strict=True):
+        assert _relmax(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize(("shape", "k", "features"), CONVS)
+def test_conv_equals_flax_conv(impl, shape, k, features):
+    x = jax.random.normal(jax.random.key(0), shape)
+    layer = nn.Conv(features, (k, k), (2, 2), "SAME", use_bias=False)
+    kernel = layer.init(jax.random.key(1), x)["params"]["kernel"]
+
+    def reference(x, kernel):
+        return layer.apply({"params": {"kernel": kernel}}, x)
+
+    _check(FAST[impl][0], reference, x, kernel)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize(("shape", "k", "features"), TRANSPOSES)
+def test_conv_transpose_equals_flax_conv_transpose(impl, shape, k, features):
+    x = jax.random.normal(jax.random.key(0), shape)
+    layer = nn.ConvTranspose(features, (k, k), (2, 2), "SAME", use_bias=False)
+    kernel = layer.init(jax.random.key(1), x)["params"]["kernel"]
+
+    def reference(x, kernel):
+        return layer.apply({"params": {"kernel": kernel}}, x)
+
+    _check(FAST[impl][1], reference, x, kernel)
+
+
+def test_native_is_lax():
+    x = jax.random.normal(jax.random.key(0), (2, 14, 14, 4))
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, 4, 8))
+    want = jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_array_equal(conv_ops.conv_native(x, kernel), want)
+
+
+def test_conv_vae_same_loss_and_gradients_under_every_impl():
+    x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+    key = jax.random.key(1)
+    results = {}
+    for impl in ("native", "space_to_depth"):
+        config = base_config().model
+        config.conv_impl = impl
+        model = make_model(config, (28, 28, 1))
+        params = init_params(model, jax.random.key(2), (28, 28, 1))
+
+        def loss(params, model=model, config=config):
+            return objectives.training_loss(model, params, x, key, config)[0]
+
+        results[impl] = (params, *jax.value_and_grad(loss)(params))
+    (p_native, l_native, g_native), (p_fast, l_fast, g_fast) = results.values()
+    assert jax.tree.structure(p_native) == jax.tree.structure(p_fast)
+    jax.tree.map(np.testing.assert_array_equal, p_native, p_fast)
+    np.testing.assert_allclose(l_fast, l_native, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_native), strict=True):
+        assert _relmax(a, b) < 1e-5
+
+
+def test_resolve():
+    assert conv_ops.resolve("auto", "cpu") == "space_to_depth"
+    assert conv_ops.resolve("auto", "gpu") == conv_ops.resolve("auto", "tpu") == "native"
+    assert conv_ops.resolve("native", "cpu") == "native"
+    with pytest.raises(ValueError, match="auto, native, space_to_depth"):
+        conv_ops.resolve("fft")
+
+
+def test_compile_fast_gives_the_same_numbers():
+    f = jax.jit(lambda x, k: jnp.sum(conv_ops.conv_transpose_fast(x, k) ** 2))
+    x = jax.random.normal(jax.random.key(0), (4, 7, 7, 32))
+    k = jax.random.normal(jax.random.key(1), (5, 5, 32, 16))
+    lowered = f.lower(x, k)
+    np.testing.assert_allclose(
+        conv_ops.compile_fast(lowered)(x, k), lowered.compile()(x, k), rtol=1e-6
+    )

@@ -1,0 +1,225 @@
+"""``python -m vae_jax.bench`` (``make bench``): training throughput of the experiments on
+whatever backend JAX finds.
+
+Each (experiment, batch size) is measured in a fresh process, so that compile time, the time
+from the command's start to the first finished step and the peak host memory are its own. The
+process runs the real training loop (:class:`vae_jax.train.EpochTrainer`: data on the device,
+the step compiled once, no host syncs but once per repetition): one warm-up repetition, then
+``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH`` also writes the
+records. Nothing is written anywhere else. Config overrides apply to every experiment, e.g.
+``--config.model.conv_impl=native``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_EXPERIMENTS = ("mnist_z20", "mnist_mlp_z20")
+DEFAULT_BATCHES = (100, 512)
+CPU_IMAGES_PER_REP = 12_800
+
+
+def _dataset(config, data: str):
+    """The training set named by ``data`` (mnist / synthetic / auto), and what it was."""
+    import numpy as np
+
+    from vae_jax import data as data_lib
+    from vae_jax.errors import DataError
+
+    if data != "synthetic":
+        try:
+            return data_lib.load_dataset(config.data), "mnist"
+        except (DataError, ImportError):  # no prepared MNIST or no TFDS here
+            if data == "mnist":
+                raise
+    rng = np.random.default_rng(0)  # the speed does not depend on the pixel values
+    images = rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8)
+    labels = np.zeros(60_000, np.int32)
+    return data_lib.Dataset(images, labels, images[:1000], labels[:1000]), "synthetic"
+
+
+def measure(
+    experiment: str,
+    batch_size: int,
+    steps: int,
+    reps: int,
+    data: str,
+    overrides: list[str] = (),
+) -> dict:
+    """One configuration, in this process (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from vae_jax import config as config_lib
+    from vae_jax import conv_ops, flops, parallel
+    from vae_jax.models import make_model
+    from vae_jax.train import EpochTrainer
+    from vae_jax.train_step import init_state, make_optimizer, zero_sums
+
+    config = config_lib.load_experiment(experiment)
+    config = config_lib.apply_overrides(config, config_lib.split_override_args(overrides))
+    config.train.batch_size = batch_size
+    config_lib.validate(config)
+    dataset, data_kind = _dataset(config, data)
+    mesh = parallel.make_mesh()
+    parallel.check_divisible(batch_size, mesh, "batch size")
+    model = make_model(config.model, dataset.image_shape)
+    tx = make_optimizer(config)
+    repl = parallel.replicated(mesh)
+    state = jax.jit(
+        lambda: init_state(config, model, tx, dataset.image_shape), out_shardings=repl
+    )()
+    sums = jax.device_put(zero_sums(), repl)
+    trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums)
+    spe = trainer.steps_per_epoch
+    if steps <= 0:
+        steps = -(-CPU_IMAGES_PER_REP // batch_size) if jax.default_backend() == "cpu" else spe
+    step = 0
+
+    def repetition() -> float:
+        nonlocal state, sums, step
+        target, seconds = step + steps, 0.0
+        while step < target:
+            epoch, start = step // spe + 1, step % spe
+            segment = trainer.run(state, sums, epoch, start, lambda s: s >= target)
+            state, sums, step = segment.state, segment.sums, segment.step
+            seconds += segment.seconds
+        return steps * batch_size / seconds
+
+    first = trainer.run(state, sums, 1, 0, lambda s: s >= 1)  # the first step
+    state, sums, step = first.state, first.sums, first.step
+    first_step_done = time.time()
+    repetition()  # warm-up
+    rates = [repetition() for _ in range(reps)]
+    median = statistics.median(rates)
+    train_flops = flops.train_flops(config.model, dataset.image_shape)
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return {
+        "experiment": experiment,
+        "arch": config.model.arch,
+        "conv_impl": conv_ops.resolve(config.model.conv_impl),
+        "batch_size": batch_size,
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "devices": jax.device_count(),
+        "data": data_kind,
+        "steps_per_rep": steps,
+        "reps": reps,
+        "images_per_sec_median": median,
+        "images_per_sec_min": min(rates),
+        "images_per_sec_max": max(rates),
+        "compile_seconds": trainer.compile_seconds,
+        "first_step_unix_time": first_step_done,
+        "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_memory_mib": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
+        "train_mflop_per_image": train_flops / 1e6,
+        "gflops_per_sec": median * train_flops / 1e9,
+        "final_step_finite": bool(jnp.all(sums.first_bad < 0)),
+    }
+
+
+def _child(args: argparse.Namespace, overrides: list[str]) -> int:
+    record = measure(args.one[0], int(args.one[1]), args.steps, args.reps, args.data, overrides)
+    print("BENCH " + json.dumps(record), flush=True)
+    return 0
+
+
+def _run_one(experiment: str, batch: int, args: argparse.Namespace, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "vae_jax.bench", "--one", experiment, str(batch)]
+    cmd += ["--steps", str(args.steps), "--reps", str(args.reps), "--data", args.data]
+    cmd += overrides
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    started = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(
+            f"benchmark of {experiment} at batch {batch} failed ({out.returncode}):\n"
+            + out.stderr[-3000:]
+        )
+    record = json.loads(lines[-1].removeprefix("BENCH "))
+    record["start_to_first_step_seconds"] = record.pop("first_step_unix_time") - started
+    return record
+
+
+def format_table(records: list[dict]) -> str:
+    head = (
+        "| backend | experiment | conv impl | batch | images/s (median, min-max) | GFLOP/s "
+        "| compile s | start to 1st step s | host MiB | device MiB |"
+    )
+    rows = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in records:
+        impl = r["conv_impl"] if r["arch"] == "conv" else "-"
+        device_mib = f"{r['peak_device_memory_mib']:.0f}" if r["peak_device_memory_mib"] else "-"
+        rows.append(
+            f"| {r['backend']} ({r['device']}) | {r['experiment']} | {impl} | {r['batch_size']} "
+            f"| {r['images_per_sec_median']:,.0f} ({r['images_per_sec_min']:,.0f}-"
+            f"{r['images_per_sec_max']:,.0f}) | {r['gflops_per_sec']:.1f} "
+            f"| {r['compile_seconds']:.1f} | {r['start_to_first_step_seconds']:.1f} "
+            f"| {r['peak_host_memory_mib']:,.0f} | {device_mib} |"
+        )
+    return "\n".join(rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vae_jax.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--experiments", nargs="+", default=list(DEFAULT_EXPERIMENTS))
+    p.add_argument("--batch", nargs="+", type=int, default=list(DEFAULT_BATCHES))
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help=f"steps per repetition (default: {CPU_IMAGES_PER_REP} images on CPU, an epoch else)",
+    )
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up")
+    p.add_argument("--data", choices=("auto", "mnist", "synthetic"), default="auto")
+    p.add_argument("--json", type=Path, help="also write the records to this JSON file")
+    p.add_argument("--one", nargs=2, metavar=("EXPERIMENT", "BATCH"), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    if args.one:
+        return _child(args, overrides)
+    from vae_jax import config as config_lib
+    from vae_jax.errors import ConfigError
+
+    try:
+        pairs = config_lib.split_override_args(overrides)
+        for name in args.experiments:
+            config_lib.apply_overrides(config_lib.load_experiment(name), pairs)
+        if args.reps < 1 or any(b < 1 for b in args.batch):
+            raise ConfigError("--reps and every --batch must be positive")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    records = []
+    for name in args.experiments:
+        for batch in args.batch:
+            print(f"measuring {name} at batch {batch} ...", file=sys.stderr, flush=True)
+            records.append(_run_one(name, batch, args, overrides))
+    print(
+        f"{platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs"
+    )
+    print(format_table(records))
+    if args.json:
+        from vae_jax.atomic_io import write_json
+
+        write_json(args.json, {"host": platform.node(), "records": records})
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Stride-2 "SAME" convolutions and transposed convolutions, two ways with the same math.
+
+``native``: ``lax.conv_general_dilated`` / ``lax.conv_transpose``, as ``nn.Conv`` and
+``nn.ConvTranspose`` compute them. Best on GPU and TPU.
+
+``space_to_depth`` (the CPU default): every input-dilated convolution, which XLA:CPU runs as a
+naive loop, is rewritten as a stride-1 "VALID" convolution, which it sends to Eigen. A stride-2
+transposed convolution computes its four output phases (sub-pixel convolution) as 4x the
+channels with a ``ceil(k/2) x ceil(k/2)`` kernel and interleaves them (depth to space); its
+kernel gradient goes through the same form. The input gradient of a strided conv is such a
+transposed conv (with the flipped, in/out-swapped kernel) and the input gradient of a transposed
+conv is a strided conv, which Eigen handles natively; custom VJPs route them so.
+:func:`conv_space_to_depth` (a strided conv over 2x2 blocks) is the same idea for the forward
+conv, kept for tests and measurements: on XLA:CPU the native strided conv was as fast.
+
+All take images ``[B, H, W, C]`` (H, W even for the space-to-depth forms) and kernels
+``[k, k, C, O]`` laid out as ``nn.Conv`` / ``nn.ConvTranspose`` (``transpose_kernel=False``)
+store them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+IMPLS = ("auto", "native", "space_to_depth")
+
+
+def conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``nn.Conv(strides=2, padding='SAME')`` without bias."""
+    return lax.conv_general_dilated(x, kernel, (2, 2), "SAME", dimension_numbers=DIMENSIONS)
+
+
+def conv_transpose_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``nn.ConvTranspose(strides=2, padding='SAME')`` without bias."""
+    return lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=DIMENSIONS)
+
+
+def _conv_taps(k: int) -> np.ndarray:
+    """``taps[u, p]``: the kernel tap a stride-2 conv applies to block offset ``u``, phase
+    ``p`` of its (padded) input, or ``k`` (a zero tap) where there is none."""
+    taps = np.full(((k + 1) // 2, 2), k)
+    for t in range(k):
+        taps[t // 2, t % 2] = t
+    return taps
+
+
+def _transpose_taps(k: int) -> tuple[np.ndarray, int, int]:
+    """``(taps[u, a], lo, hi)`` for output phase ``a`` of a stride-2 SAME transposed conv.
+
+    ``lax.conv_transpose`` computes ``y[o] = sum_t x[(o + t - pad)/2] w[t]`` over the ``t``
+    that make the index an integer, with ``pad = ceil(k/2)`` (``k - 1`` for k < 3). For
+    ``o = 2r + a`` the input index is ``r + d`` with ``d = (a + t - pad)/2``; with the input
+    padded by ``lo`` before and ``hi`` after, window offset ``u = d + lo`` holds tap ``taps[u, a]``.
+    """
+    pad = k - 1 if k < 3 else -(-k // 2)
+    pairs = [(a, t, (a + t - pad) // 2) for a in (0, 1) for t in range(k) if (a + t - pad) % 2 == 0]
+    d_min, d_max = min(d for *_, d in pairs), max(d for *_, d in pairs)
+    taps = np.full((d_max - d_min + 1, 2), k)
+    for a, t, d in pairs:
+        taps[d - d_min, a] = t
+    return taps, -d_min, d_max
+
+
+def _gather_kernel(kernel: jax.Array, taps: np.ndarray) -> jax.Array:
+    """``out[u, v, a, b, c, o] = kernel[taps[u, a], taps[v, b], c, o]`` (zero for tap ``k``)."""
+    k = kernel.shape[0]
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    rows = taps[:, None, :, None]  # [u, 1, a, 1]
+    cols = taps[None, :, None, :]  # [1, v, 1, b]
+    assert kernel.shape[1] == k, "square kernels only"
+    return padded[rows, cols]  # [u, v, a, b, C, O]
+
+
+def conv_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_native` as a stride-1 VALID conv over 2x2 blocks of the padded input."""
+    b, h, w, c = x.shape
+    k, o = kernel.shape[0], kernel.shape[-1]
+    taps = _conv_taps(k)
+    m = len(taps)
+    oh, ow = -(-h // 2), -(-w // 2)
+    lo_h = max((oh - 1) * 2 + k - h, 0) // 2
+    lo_w = max((ow - 1) * 2 + k - w, 0) // 2
+    hp, wp = 2 * (oh + m - 1), 2 * (ow + m - 1)
+    x = jnp.pad(x, ((0, 0), (lo_h, hp - h - lo_h), (lo_w, wp - w - lo_w), (0, 0)))
+    blocks = x.reshape(b, hp // 2, 2, wp // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(b, hp // 2, wp // 2, 4 * c)
+    kern = _gather_kernel(kernel, taps).reshape(m, m, 4 * c, o)
+    return lax.conv_general_dilated(blocks, kern, (1, 1), "VALID", dimension_numbers=DIMENSIONS)
+
+
+def conv_transpose_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_transpose_native` as a stride-1 VALID conv giving the four output phases as
+    channels, interleaved into the 2x larger image (depth to space)."""
+    b, h, w, c = x.shape
+    o = kernel.shape[-1]
+    taps, lo, hi = _transpose_taps(kernel.shape[0])
+    m = len(taps)
+    kern = _gather_kernel(kernel, taps)  # [u, v, a, b, C, O]
+    kern = kern.transpose(0, 1, 4, 2, 3, 5).reshape(m, m, c, 4 * o)
+    x = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    y = lax.conv_general_dilated(x, kern, (1, 1), "VALID", dimension_numbers=DIMENSIONS)
+    y = y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, 2 * h, 2 * w, o)
+
+
+def _flip_swap(kernel: jax.Array) -> jax.Array:
+    """The kernel that maps a conv's output gradient back to its input (spatially flipped,
+    in/out swapped): the input gradient of a stride-2 SAME conv with an odd kernel is the
+    transposed conv with this kernel, and vice versa."""
+    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+@jax.custom_vjp
+def conv_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_native` whose input gradient (an input-dilated conv) is computed by
+    :func:`conv_transpose_space_to_depth`; the forward and the kernel gradient stay native
+    (strided, undilated convs are fast on XLA:CPU)."""
+    return conv_native(x, kernel)
+
+
+def _conv_fast_fwd(x, kernel):
+    return conv_native(x, kernel), (x, kernel)
+
+
+def _conv_fast_bwd(res, g):
+    x, kernel = res
+    dx = conv_transpose_space_to_depth(g, _flip_swap(kernel))
+    dk = jax.vjp(lambda k: conv_native(x, k), kernel)[1](g)[0]
+    return dx, dk
+
+
+conv_fast.defvjp(_conv_fast_fwd, _conv_fast_bwd)
+
+
+@jax.custom_vjp
+def conv_transpose_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_transpose_native` computed by :func:`conv_transpose_space_to_depth`, with
+    its input gradient as a native strided conv and its kernel gradient through the
+    space-to-depth form (the native one is a slow dilated conv on XLA:CPU)."""
+    return conv_transpose_space_to_depth(x, kernel)
+
+
+def _conv_transpose_fast_fwd(x, kernel):
+    return conv_transpose_space_to_depth(x, kernel), (x, kernel)
+
+
+def _conv_transpose_fast_bwd(res, g):
+    x, kernel = res
+    dx = conv_native(g, _flip_swap(kernel))
+    dk = jax.vjp(lambda k: conv_transpose_space_to_depth(x, k), kernel)[1](g)[0]
+    return dx, dk
+
+
+conv_transpose_fast.defvjp(_conv_transpose_fast_fwd, _conv_transpose_fast_bwd)
+
+# XLA:CPU's YNNPACK library fusions run these small convs and matmuls 1.5-3x slower than its
+# Eigen kernels on the 2-core AVX2 machine we measured (README, "Performance").
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compile_fast(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """``lowered.compile()``, with :data:`CPU_COMPILER_OPTIONS` on CPU when this jaxlib knows
+    them (the plain compile otherwise)."""
+    if jax.default_backend() == "cpu":
+        try:
+            return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
+        except Exception as e:  # an XLA build without the option: "No such compile option"
+            if "option" not in str(e).lower():
+                raise
+    return lowered.compile()
+
+
+def resolve(impl: str, platform: str | None = None) -> str:
+    """``auto`` -> ``space_to_depth`` on CPU, ``native`` elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv implementation {impl!r}: use one of {', '.join(IMPLS)}")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    return "space_to_depth" if platform == "cpu" else "native"
+
+
+def conv_fns(impl: str) -> tuple[Callable, Callable]:
+    """``(conv, conv_transpose)`` of a resolved implementation name."""
+    if impl == "native":
+        return conv_native, conv_transpose_native
+    return conv_fast, conv_transpose_fast
