@@ -12,9 +12,16 @@ from vae_jax import conv_ops, objectives
 from vae_jax.config import base_config
 from vae_jax.models import init_params, make_model
 
-# (input shape, kernel size, out features): the seed's four layers and some other shapes.
-CONVS = [((3, 28, 28, 1), 5, 16), ((3, 14, 14, 16), 5, 32), ((2, 8, 10, 3), 3, 4)]
-TRANSPOSES = [((3, 7, 7, 32), 5, 16), ((3, 14, 14, 16), 5, 1), ((2, 4, 5, 3), 3, 2)]
+# (flax layer, index into FAST's pair, input shape, kernel size, out features): the seed's
+# four layers and some other shapes.
+CASES = [
+    (nn.Conv, 0, (3, 28, 28, 1), 5, 16),
+    (nn.Conv, 0, (3, 14, 14, 16), 5, 32),
+    (nn.Conv, 0, (2, 8, 10, 3), 3, 4),
+    (nn.ConvTranspose, 1, (3, 7, 7, 32), 5, 16),
+    (nn.ConvTranspose, 1, (3, 14, 14, 16), 5, 1),
+    (nn.ConvTranspose, 1, (2, 4, 5, 3), 3, 2),
+]
 FAST = {
     "space_to_depth": (conv_ops.conv_space_to_depth, conv_ops.conv_transpose_space_to_depth),
     "fast": (conv_ops.conv_fast, conv_ops.conv_transpose_fast),
@@ -37,29 +44,17 @@ def _check(fn, reference, x, kernel):
 
 
 @pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize(("shape", "k", "features"), CONVS)
-def test_conv_equals_flax_conv(impl, shape, k, features):
+@pytest.mark.parametrize(("flax_layer", "which", "shape", "k", "features"), CASES)
+def test_equals_flax_layer(impl, flax_layer, which, shape, k, features):
+    """Stride-2 SAME conv (which=0) and transposed conv (which=1) vs. the flax layer."""
     x = jax.random.normal(jax.random.key(0), shape)
-    layer = nn.Conv(features, (k, k), (2, 2), "SAME", use_bias=False)
+    layer = flax_layer(features, (k, k), (2, 2), "SAME", use_bias=False)
     kernel = layer.init(jax.random.key(1), x)["params"]["kernel"]
 
     def reference(x, kernel):
         return layer.apply({"params": {"kernel": kernel}}, x)
 
-    _check(FAST[impl][0], reference, x, kernel)
-
-
-@pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize(("shape", "k", "features"), TRANSPOSES)
-def test_conv_transpose_equals_flax_conv_transpose(impl, shape, k, features):
-    x = jax.random.normal(jax.random.key(0), shape)
-    layer = nn.ConvTranspose(features, (k, k), (2, 2), "SAME", use_bias=False)
-    kernel = layer.init(jax.random.key(1), x)["params"]["kernel"]
-
-    def reference(x, kernel):
-        return layer.apply({"params": {"kernel": kernel}}, x)
-
-    _check(FAST[impl][1], reference, x, kernel)
+    _check(FAST[impl][which], reference, x, kernel)
 
 
 def test_native_is_lax():

@@ -116,48 +116,44 @@ def _flip_swap(kernel: jax.Array) -> jax.Array:
     return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
-@jax.custom_vjp
-def conv_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _with_gradients(forward: Callable, input_grad: Callable, doc: str) -> Callable:
+    """``forward(x, kernel)`` with a custom VJP: the input gradient is
+    ``input_grad(g, flip_swap(kernel))`` and the kernel gradient is the autodiff one of
+    ``forward`` (both stride-2 ops here are linear in the kernel)."""
+
+    @jax.custom_vjp
+    def op(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return forward(x, kernel)
+
+    def fwd(x, kernel):
+        return forward(x, kernel), (x, kernel)
+
+    def bwd(res, g):
+        x, kernel = res
+        dx = input_grad(g, _flip_swap(kernel))
+        dk = jax.vjp(lambda k: forward(x, k), kernel)[1](g)[0]
+        return dx, dk
+
+    op.defvjp(fwd, bwd)
+    op.__doc__ = doc
+    return op
+
+
+conv_fast = _with_gradients(
+    conv_native,
+    conv_transpose_space_to_depth,
     """:func:`conv_native` whose input gradient (an input-dilated conv) is computed by
     :func:`conv_transpose_space_to_depth`; the forward and the kernel gradient stay native
-    (strided, undilated convs are fast on XLA:CPU)."""
-    return conv_native(x, kernel)
+    (strided, undilated convs are fast on XLA:CPU).""",
+)
 
-
-def _conv_fast_fwd(x, kernel):
-    return conv_native(x, kernel), (x, kernel)
-
-
-def _conv_fast_bwd(res, g):
-    x, kernel = res
-    dx = conv_transpose_space_to_depth(g, _flip_swap(kernel))
-    dk = jax.vjp(lambda k: conv_native(x, k), kernel)[1](g)[0]
-    return dx, dk
-
-
-conv_fast.defvjp(_conv_fast_fwd, _conv_fast_bwd)
-
-
-@jax.custom_vjp
-def conv_transpose_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
+conv_transpose_fast = _with_gradients(
+    conv_transpose_space_to_depth,
+    conv_native,
     """:func:`conv_transpose_native` computed by :func:`conv_transpose_space_to_depth`, with
     its input gradient as a native strided conv and its kernel gradient through the
-    space-to-depth form (the native one is a slow dilated conv on XLA:CPU)."""
-    return conv_transpose_space_to_depth(x, kernel)
-
-
-def _conv_transpose_fast_fwd(x, kernel):
-    return conv_transpose_space_to_depth(x, kernel), (x, kernel)
-
-
-def _conv_transpose_fast_bwd(res, g):
-    x, kernel = res
-    dx = conv_native(g, _flip_swap(kernel))
-    dk = jax.vjp(lambda k: conv_transpose_space_to_depth(x, k), kernel)[1](g)[0]
-    return dx, dk
-
-
-conv_transpose_fast.defvjp(_conv_transpose_fast_fwd, _conv_transpose_fast_bwd)
+    space-to-depth form (the native one is a slow dilated conv on XLA:CPU).""",
+)
 
 # XLA:CPU's YNNPACK library fusions run these small convs and matmuls 1.5-3x slower than its
 # Eigen kernels on the 2-core AVX2 machine we measured (README, "Performance").
