@@ -8,18 +8,22 @@ ARGS ?=
 DATASET ?= mnist
 BENCH_JSON ?= runs/bench.json
 BENCH_ARGS ?=
+SWEEP ?= latent_noise
 TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: help install train eval experiments bench test test-slow lint format data clean
+.PHONY: help install train eval sweep experiments bench bench-sweep test test-slow lint format data clean
 
 help:
 	@echo "make install                 create $(VENV) and install vae_jax (editable, dev extras)"
 	@echo "make train EXP=mnist_z20 [WORKDIR=runs/EXP] [ARGS='--config.KEY=VALUE ...']"
 	@echo "make eval EXP=mnist_z20 [WORKDIR=runs/EXP] [ARGS='--config.eval.iwae_k=5000']"
 	@echo "                             test ELBO, IWAE NLL, rate, active units, figures"
-	@echo "make experiments             list the experiments"
+	@echo "make sweep SWEEP=latent_noise [ARGS='--shard 0/2 --vmap on --config.KEY=VALUE']"
+	@echo "                             train a sweep's points (resumable); summary and plots"
+	@echo "make experiments             list the experiments and sweeps"
 	@echo "make bench [BENCH_JSON=runs/bench.json] [BENCH_ARGS='--batch 100 --reps 5']"
 	@echo "                             training images/s, compile time, memory, GFLOP/s"
+	@echo "make bench-sweep             the same for 1, 2, 3, 5 models trained together (vmap)"
 	@echo "make test                    the test suite (CPU, a few minutes)"
 	@echo "make test-slow               the slow end-to-end reproduction of the seed figure (~7 min)"
 	@echo "make lint / make format      ruff"
@@ -39,11 +43,18 @@ train: | $(PY)
 eval: | $(PY)
 	$(PY) -m vae_jax eval $(EXP) --workdir $(WORKDIR) $(ARGS)
 
+sweep: | $(PY)
+	$(PY) -m vae_jax sweep $(SWEEP) $(ARGS)
+
 experiments: | $(PY)
 	@$(PY) -m vae_jax list
 
 bench: | $(PY)
 	$(PY) -m vae_jax.bench --json $(BENCH_JSON) $(BENCH_ARGS)
+
+# K models trained together under jax.vmap, as a sweep trains them, vs. one model.
+bench-sweep: | $(PY)
+	$(PY) -m vae_jax.bench --batch 100 --models 1 2 3 5 --json runs/bench_sweep.json $(BENCH_ARGS)
 
 test: | $(PY)
 	$(PY) -m pytest -q -m "not slow"

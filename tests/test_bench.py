@@ -45,6 +45,7 @@ def test_mlp_flops_match_xla_cost_analysis(experiment):
 def test_bench_command_writes_records(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--experiments", "mnist_mlp_z20", "--batch", "64", "--steps", "3", "--reps", "2"]
+    args += ["--models", "1", "2"]
     proc = subprocess.run(
         [sys.executable, "-m", "vae_jax.bench", *args, "--data", "synthetic", "--json", str(out)],
         cwd=ROOT,
@@ -54,7 +55,9 @@ def test_bench_command_writes_records(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| mnist_mlp_z20 |" in proc.stdout
-    (record,) = json.loads(out.read_text())["records"]
+    record, together = json.loads(out.read_text())["records"]
+    assert (record["models"], together["models"]) == (1, 2)  # 2 models under jax.vmap
+    assert together["final_step_finite"] and together["images_per_sec_median"] > 0
     assert (record["batch_size"], record["steps_per_rep"], record["reps"]) == (64, 3, 2)
     assert record["data"] == "synthetic" and record["final_step_finite"]
     lo, mid, hi = (record[f"images_per_sec_{k}"] for k in ("min", "median", "max"))

@@ -104,3 +104,25 @@ def test_compile_fast_gives_the_same_numbers():
     np.testing.assert_allclose(
         conv_ops.compile_fast(lowered)(x, k), lowered.compile()(x, k), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_fast_ops_under_vmap_equal_one_call_per_model(which):
+    """Models trained together vmap the fast ops over their kernels (a loop, not a grouped
+    conv): outputs and both gradients equal those of one call per model."""
+    op = FAST["fast"][which]
+    shape, k, features = ((3, 14, 14, 16), 5, 32) if which == 0 else ((3, 7, 7, 32), 5, 16)
+    xs = jax.random.normal(jax.random.key(0), (2, *shape))
+    kernels = 0.05 * jax.random.normal(jax.random.key(1), (2, k, k, shape[-1], features))
+
+    def loss(x, kernel):
+        return jnp.sum(jnp.cos(op(x, kernel)))
+
+    y = jax.vmap(op)(xs, kernels)
+    dx, dk = jax.vmap(jax.grad(loss, argnums=(0, 1)))(xs, kernels)
+    for i in range(2):
+        assert _relmax(y[i], op(xs[i], kernels[i])) < 1e-6
+        dxi, dki = jax.grad(loss, argnums=(0, 1))(xs[i], kernels[i])
+        assert _relmax(dx[i], dxi) < 1e-6 and _relmax(dk[i], dki) < 1e-6
+    jaxpr = str(jax.make_jaxpr(jax.vmap(jax.grad(loss, argnums=(0, 1))))(xs, kernels))
+    assert "feature_group_count=1" in jaxpr and "feature_group_count=2" not in jaxpr

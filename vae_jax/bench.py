@@ -8,6 +8,10 @@ the step compiled once, no host syncs but once per repetition): one warm-up repe
 ``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH`` also writes the
 records. Nothing is written anywhere else. Config overrides apply to every experiment, e.g.
 ``--config.model.conv_impl=native``.
+
+``--models 1 2 3`` (``make bench-sweep``) also measures K models trained together, as a sweep
+trains the points that differ only in seed and noise scale: the step ``jax.vmap``-ed over K
+states (seeds 0..K-1, noise scales from 0.5 to 2); images/s then counts every model's images.
 """
 
 from __future__ import annotations
@@ -54,15 +58,17 @@ def measure(
     reps: int,
     data: str,
     overrides: list[str] = (),
+    models: int = 1,
 ) -> dict:
     """One configuration, in this process (see the module docstring)."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from vae_jax import config as config_lib
     from vae_jax import conv_ops, flops, parallel
     from vae_jax.models import make_model
-    from vae_jax.train import EpochTrainer
+    from vae_jax.train import EpochTrainer, stack
     from vae_jax.train_step import init_state, make_optimizer, zero_sums
 
     config = config_lib.load_experiment(experiment)
@@ -75,11 +81,18 @@ def measure(
     model = make_model(config.model, dataset.image_shape)
     tx = make_optimizer(config)
     repl = parallel.replicated(mesh)
-    state = jax.jit(
-        lambda: init_state(config, model, tx, dataset.image_shape), out_shardings=repl
-    )()
+    configs = [config_lib.with_values(config, {"seed": i}, "bench") for i in range(models)]
+    states = [
+        jax.jit(lambda c=c: init_state(c, model, tx, dataset.image_shape), out_shardings=repl)()
+        for c in configs
+    ]
+    state = states[0] if models == 1 else stack(states)
     sums = jax.device_put(zero_sums(), repl)
-    trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums)
+    scales = None
+    if models > 1:
+        sums = jax.device_put(stack([zero_sums()] * models), repl)
+        scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
+    trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums, scales)
     spe = trainer.steps_per_epoch
     if steps <= 0:
         steps = -(-CPU_IMAGES_PER_REP // batch_size) if jax.default_backend() == "cpu" else spe
@@ -93,7 +106,7 @@ def measure(
             segment = trainer.run(state, sums, epoch, start, lambda s: s >= target)
             state, sums, step = segment.state, segment.sums, segment.step
             seconds += segment.seconds
-        return steps * batch_size / seconds
+        return steps * batch_size * models / seconds
 
     first = trainer.run(state, sums, 1, 0, lambda s: s >= 1)  # the first step
     state, sums, step = first.state, first.sums, first.step
@@ -109,6 +122,7 @@ def measure(
         "arch": config.model.arch,
         "conv_impl": conv_ops.resolve(config.model.conv_impl),
         "batch_size": batch_size,
+        "models": models,
         "backend": jax.default_backend(),
         "device": device.device_kind,
         "devices": jax.device_count(),
@@ -129,13 +143,16 @@ def measure(
 
 
 def _child(args: argparse.Namespace, overrides: list[str]) -> int:
-    record = measure(args.one[0], int(args.one[1]), args.steps, args.reps, args.data, overrides)
+    experiment, batch, models = args.one[0], int(args.one[1]), int(args.one[2])
+    record = measure(experiment, batch, args.steps, args.reps, args.data, overrides, models)
     print("BENCH " + json.dumps(record), flush=True)
     return 0
 
 
-def _run_one(experiment: str, batch: int, args: argparse.Namespace, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "vae_jax.bench", "--one", experiment, str(batch)]
+def _run_one(
+    experiment: str, batch: int, models: int, args: argparse.Namespace, overrides: list[str]
+) -> dict:
+    cmd = [sys.executable, "-m", "vae_jax.bench", "--one", experiment, str(batch), str(models)]
     cmd += ["--steps", str(args.steps), "--reps", str(args.reps), "--data", args.data]
     cmd += overrides
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -144,8 +161,8 @@ def _run_one(experiment: str, batch: int, args: argparse.Namespace, overrides: l
     lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH ")]
     if out.returncode != 0 or not lines:
         raise SystemExit(
-            f"benchmark of {experiment} at batch {batch} failed ({out.returncode}):\n"
-            + out.stderr[-3000:]
+            f"benchmark of {experiment} at batch {batch} ({models} models) failed "
+            f"({out.returncode}):\n" + out.stderr[-3000:]
         )
     record = json.loads(lines[-1].removeprefix("BENCH "))
     record["start_to_first_step_seconds"] = record.pop("first_step_unix_time") - started
@@ -154,8 +171,8 @@ def _run_one(experiment: str, batch: int, args: argparse.Namespace, overrides: l
 
 def format_table(records: list[dict]) -> str:
     head = (
-        "| backend | experiment | conv impl | batch | images/s (median, min-max) | GFLOP/s "
-        "| compile s | start to 1st step s | host MiB | device MiB |"
+        "| backend | experiment | conv impl | batch | models | images/s (median, min-max) "
+        "| GFLOP/s | compile s | start to 1st step s | host MiB | device MiB |"
     )
     rows = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in records:
@@ -163,7 +180,8 @@ def format_table(records: list[dict]) -> str:
         device_mib = f"{r['peak_device_memory_mib']:.0f}" if r["peak_device_memory_mib"] else "-"
         rows.append(
             f"| {r['backend']} ({r['device']}) | {r['experiment']} | {impl} | {r['batch_size']} "
-            f"| {r['images_per_sec_median']:,.0f} ({r['images_per_sec_min']:,.0f}-"
+            f"| {r.get('models', 1)} | {r['images_per_sec_median']:,.0f} "
+            f"({r['images_per_sec_min']:,.0f}-"
             f"{r['images_per_sec_max']:,.0f}) | {r['gflops_per_sec']:.1f} "
             f"| {r['compile_seconds']:.1f} | {r['start_to_first_step_seconds']:.1f} "
             f"| {r['peak_host_memory_mib']:,.0f} | {device_mib} |"
@@ -184,7 +202,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up")
     p.add_argument("--data", choices=("auto", "mnist", "synthetic"), default="auto")
     p.add_argument("--json", type=Path, help="also write the records to this JSON file")
-    p.add_argument("--one", nargs=2, metavar=("EXPERIMENT", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="models trained together under jax.vmap (as a sweep does), e.g. 1 2 3",
+    )
+    p.add_argument(
+        "--one", nargs=3, metavar=("EXPERIMENT", "BATCH", "MODELS"), help=argparse.SUPPRESS
+    )
     return p
 
 
@@ -199,16 +226,21 @@ def main(argv: list[str] | None = None) -> int:
         pairs = config_lib.split_override_args(overrides)
         for name in args.experiments:
             config_lib.apply_overrides(config_lib.load_experiment(name), pairs)
-        if args.reps < 1 or any(b < 1 for b in args.batch):
-            raise ConfigError("--reps and every --batch must be positive")
+        if args.reps < 1 or min(args.batch + args.models) < 1:
+            raise ConfigError("--reps and every --batch and --models must be positive")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     records = []
     for name in args.experiments:
         for batch in args.batch:
-            print(f"measuring {name} at batch {batch} ...", file=sys.stderr, flush=True)
-            records.append(_run_one(name, batch, args, overrides))
+            for models in args.models:
+                print(
+                    f"measuring {name} at batch {batch}, {models} model(s) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                records.append(_run_one(name, batch, models, args, overrides))
     print(
         f"{platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs"
     )

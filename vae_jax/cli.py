@@ -65,7 +65,27 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--step", type=int, help="a checkpoint step (default: the newest valid checkpoint)"
             )
-    sub.add_parser("list", help="list the experiments")
+    p = sub.add_parser(
+        "sweep",
+        help="train every point of a sweep (resumable), then write its summary and plots",
+        epilog="Overrides apply to every point, e.g. --config.train.num_epochs=2",
+    )
+    p.add_argument("sweep", help="a name in experiments/sweeps/ or a path to a .py file")
+    p.add_argument("--workdir", help="the sweep's folder (default: runs/sweeps/<sweep>)")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/n: train every n-th point from the i-th (n machines split a sweep)",
+    )
+    p.add_argument(
+        "--vmap",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train points that differ only in seed and noise scale together under jax.vmap "
+        "(auto: where measured faster; README, 'Sweeps')",
+    )
+    p.add_argument("--no-vmap", dest="vmap", action="store_const", const="off")
+    sub.add_parser("list", help="list the experiments and sweeps")
     return parser
 
 
@@ -81,7 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             if rest:
                 raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
+            from vae_jax.sweep_grid import available_sweeps
+
             print("\n".join(config_lib.available_experiments()))
+            sweeps = available_sweeps()
+            if sweeps:
+                print("sweeps: " + ", ".join(sweeps))
+            return 0
+        if args.command == "sweep":
+            from vae_jax.sweep import run_sweep
+
+            overrides = config_lib.split_override_args(rest)
+            run_sweep(args.sweep, overrides, args.shard, args.vmap, args.workdir)
             return 0
         name = args.experiment.removesuffix(".py").rsplit("/", 1)[-1]
         workdir = args.workdir or f"runs/{name}"

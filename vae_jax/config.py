@@ -90,7 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("conv", "mlp"),
     "model.mlp_activation": ("relu", "tanh"),
     "model.likelihood": ("bernoulli", "gaussian"),
-    "model.conv_impl": ("auto", "native", "space_to_depth", "patches"),
+    "model.conv_impl": ("auto", "native", "space_to_depth"),
     "data.binarize": ("none", "dynamic", "static"),
 }
 POSITIVE_INTS = (
@@ -329,6 +329,28 @@ def apply_overrides(
             raise _unknown_key(key, config)
         _set(config, key, _parse_value(key, raw, flat[key]))
     validate(config, source="command line")
+    return config
+
+
+def with_values(
+    config: ml_collections.ConfigDict, values: dict[str, Any], source: str
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with typed ``{dotted_key: value}`` set and validated (a sweep's
+    grid points); an unknown key or a bad value raises :class:`ConfigError` naming ``source``."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    flat = flatten(config)
+    for key, value in values.items():
+        if key not in flat:
+            raise ConfigError(f"{source}: {_unknown_key(key, config)}")
+        if isinstance(flat[key], float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        try:
+            _set(config, key, value)
+        except TypeError:
+            raise ConfigError(
+                f"{source}: {key}={value!r} is invalid; expected {type(flat[key]).__name__}"
+            ) from None
+    validate(config, source=source)
     return config
 
 

@@ -116,23 +116,46 @@ def _flip_swap(kernel: jax.Array) -> jax.Array:
     return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
+def _looped_under_vmap(fn: Callable) -> Callable:
+    """``fn`` whose ``jax.vmap`` is a loop over the mapped axis (unrolled: the sweep maps a few
+    models) instead of JAX's batching rule. A conv with a batched kernel becomes a grouped conv,
+    which XLA:CPU runs several times slower than one conv per model."""
+    looped = jax.custom_batching.custom_vmap(fn)
+
+    @looped.def_vmap
+    def rule(axis_size, in_batched, *args):
+        outs = [
+            fn(*(a[i] if batched else a for a, batched in zip(args, in_batched, strict=True)))
+            for i in range(axis_size)
+        ]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return stacked, jax.tree.map(lambda _: True, stacked)
+
+    return looped
+
+
 def _with_gradients(forward: Callable, input_grad: Callable, doc: str) -> Callable:
     """``forward(x, kernel)`` with a custom VJP: the input gradient is
     ``input_grad(g, flip_swap(kernel))`` and the kernel gradient is the autodiff one of
-    ``forward`` (both stride-2 ops here are linear in the kernel)."""
+    ``forward`` (both stride-2 ops here are linear in the kernel). Under ``jax.vmap`` (models
+    trained together, see :mod:`vae_jax.sweep`) both passes loop over the models."""
 
-    @jax.custom_vjp
-    def op(x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return forward(x, kernel)
-
-    def fwd(x, kernel):
-        return forward(x, kernel), (x, kernel)
-
-    def bwd(res, g):
-        x, kernel = res
+    def gradients(x, kernel, g):
         dx = input_grad(g, _flip_swap(kernel))
         dk = jax.vjp(lambda k: forward(x, k), kernel)[1](g)[0]
         return dx, dk
+
+    primal, backward = _looped_under_vmap(forward), _looped_under_vmap(gradients)
+
+    @jax.custom_vjp
+    def op(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return primal(x, kernel)
+
+    def fwd(x, kernel):
+        return primal(x, kernel), (x, kernel)
+
+    def bwd(res, g):
+        return backward(*res, g)
 
     op.defvjp(fwd, bwd)
     op.__doc__ = doc

@@ -67,31 +67,45 @@ def log_likelihood(logits: jax.Array, x: jax.Array, cfg: ml_collections.ConfigDi
     return gaussian_log_prob(decoder_mean(logits), x, cfg.obs_stddev)
 
 
-def sampled_logvar(logvar: jax.Array, noise_scale: float) -> jax.Array:
+def sampled_logvar(logvar: jax.Array, noise_scale: float | jax.Array) -> jax.Array:
     """log-variance of q actually sampled: log((noise_scale * stddev)^2)."""
-    return logvar + 2.0 * math.log(noise_scale)
+    return logvar + 2.0 * jnp.log(noise_scale)
 
 
 def elbo_terms(
-    model: VAE, params: dict, x: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict
+    model: VAE,
+    params: dict,
+    x: jax.Array,
+    key: jax.Array,
+    cfg: ml_collections.ConfigDict,
+    noise_scale: jax.Array | None = None,
 ) -> Terms:
-    """Encode ``x``, draw one z per image with ``key``, decode, and return the terms."""
+    """Encode ``x``, draw one z per image with ``key``, decode, and return the terms.
+
+    ``noise_scale``: a traced value instead of ``cfg.noise_scale`` (models trained together
+    under ``jax.vmap`` with different noise scales)."""
+    s = cfg.noise_scale if noise_scale is None else noise_scale
     mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
     eps = jax.random.normal(key, mean.shape, mean.dtype)
-    z = mean + cfg.noise_scale * jnp.exp(0.5 * logvar) * eps
+    z = mean + s * jnp.exp(0.5 * logvar) * eps
     logits = model.apply({"params": params}, z, method=VAE.decode)
     return Terms(
         recon=-log_likelihood(logits, x, cfg),
         kl_objective=gaussian_kl(mean, logvar),
-        kl=gaussian_kl(mean, sampled_logvar(logvar, cfg.noise_scale)),
+        kl=gaussian_kl(mean, sampled_logvar(logvar, s)),
     )
 
 
 def training_loss(
-    model: VAE, params: dict, x: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict
+    model: VAE,
+    params: dict,
+    x: jax.Array,
+    key: jax.Array,
+    cfg: ml_collections.ConfigDict,
+    noise_scale: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean over the batch of recon + the seed's KL, and ``[loss, recon, kl]`` for logging."""
-    terms = elbo_terms(model, params, x, key, cfg)
+    terms = elbo_terms(model, params, x, key, cfg, noise_scale)
     recon = jnp.mean(terms.recon)
     kl = jnp.mean(terms.kl_objective)
     loss = recon + kl

@@ -147,7 +147,8 @@ def _train(
         if checkpointer is None:
             checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
         try:
-            history = _loop(config, run, mesh, dataset, model, checkpointer, restored, name)
+            member = Member(config, run, name, checkpointer, restored)
+            history = train_members([member], mesh, dataset, model)[0]
             if config.eval.after_training:
                 run_eval.evaluate_run(run.path, dataset=dataset)
             return history
@@ -171,37 +172,66 @@ class _Segment(NamedTuple):
     seconds: float
 
 
-def _loop(
-    config: ml_collections.ConfigDict,
-    run: Workdir,
-    mesh: Mesh,
-    dataset: data_lib.Dataset,
-    model: VAE,
-    checkpointer: Checkpointer,
-    restored: Restored | None,
-    name: str,
-) -> list[dict]:
+class Member(NamedTuple):
+    """One run of those a loop trains together (one, or several under ``jax.vmap``)."""
+
+    config: ml_collections.ConfigDict
+    run: Workdir
+    name: str
+    checkpointer: Checkpointer
+    restored: Restored | None
+
+
+def stack(trees: list) -> Any:
+    """The trees of several runs as one, each leaf with a new leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def train_members(
+    members: list[Member], mesh: Mesh, dataset: data_lib.Dataset, model: VAE
+) -> list[list[dict]]:
+    """Train every member to its ``train.num_epochs`` (all equal), in lockstep, from the same
+    step; one member trains with the plain step, several with it vmapped over their states and
+    noise scales (their configs differ only in ``seed`` and ``model.noise_scale``). Returns
+    each member's history."""
+    config = members[0].config
+    grouped = len(members) > 1
     tx = make_optimizer(config)
     batch_size, num_epochs = config.train.batch_size, config.train.num_epochs
     n_train = len(dataset.train_images)
     spe = n_train // batch_size
     repl = parallel.replicated(mesh)
-    if restored is None:
-        state = jax.jit(
-            lambda: init_state(config, model, tx, dataset.image_shape), out_shardings=repl
-        )()
-        sums = jax.device_put(zero_sums(), repl)
-        history: list[dict] = []
-        step, saved_step = 0, None
-    else:
-        state, sums = restored.state["train_state"], restored.state["epoch_sums"]
-        history, step = restored.meta["history"], restored.step
-        saved_step = restored.step
-    metrics_writer = MetricsWriter(run.path)
-    metrics_writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
+    states, sums_list, histories = [], [], []
+    for m in members:
+        if m.restored is None:
+            states.append(
+                jax.jit(
+                    lambda c=m.config: init_state(c, model, tx, dataset.image_shape),
+                    out_shardings=repl,
+                )()
+            )
+            sums_list.append(jax.device_put(zero_sums(), repl))
+            histories.append([])
+        else:
+            states.append(m.restored.state["train_state"])
+            sums_list.append(m.restored.state["epoch_sums"])
+            histories.append(m.restored.meta["history"])
+    restored = members[0].restored
+    step = restored.step if restored else 0
+    saved_step = step if restored else None
+    state, sums = (stack(states), stack(sums_list)) if grouped else (states[0], sums_list[0])
+    noise_scales = [m.config.model.noise_scale for m in members] if grouped else None
+    writers = [MetricsWriter(m.run.path) for m in members]
+    for writer, history in zip(writers, histories, strict=True):
+        writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
     n_devices, platform = mesh.devices.size, jax.devices()[0].platform
+    where = members[0].run.path if not grouped else f"{len(members)} runs under jax.vmap"
     print(
-        f"vae_jax {name or 'run'}: {run.path} | {n_devices} {platform} device(s) | "
+        f"vae_jax {members[0].name or 'run'}: {where} | {n_devices} {platform} device(s) | "
         f"{n_train} train / {len(dataset.test_images)} test images, batch {batch_size}, "
         f"{spe} steps/epoch"
         + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
@@ -210,12 +240,22 @@ def _loop(
     every_steps, every_seconds = config.checkpoint.every_steps, config.checkpoint.every_seconds
     last_save = time.monotonic()
 
+    def member(tree: Any, i: int) -> Any:
+        return unstack(tree, i) if grouped else tree
+
     def save() -> None:
         nonlocal saved_step, last_save
-        meta = {"epoch": len(history), "step": step, "image_shape": list(dataset.image_shape)}
-        checkpointer.save(
-            step, {"train_state": state, "epoch_sums": sums}, {**meta, "history": history}
-        )
+        for i, m in enumerate(members):
+            meta = {
+                "epoch": len(histories[i]),
+                "step": step,
+                "image_shape": list(dataset.image_shape),
+            }
+            m.checkpointer.save(
+                step,
+                {"train_state": member(state, i), "epoch_sums": member(sums, i)},
+                {**meta, "history": histories[i]},
+            )
         saved_step, last_save = step, time.monotonic()
 
     with StopRequest() as stop:  # from here on, SIGTERM/SIGINT stop cleanly, with a checkpoint
@@ -227,12 +267,23 @@ def _loop(
                 or (every_seconds > 0 and time.monotonic() - last_save >= every_seconds)
             )
 
-        trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums)
-        outputs = EpochOutputs(
-            model, config, mesh, dataset.test_images, state.root, run.figures, name
+        trainer = EpochTrainer(
+            model, tx, config, mesh, dataset.train_images, state, sums, noise_scales
         )
+        outputs = [
+            EpochOutputs(
+                model,
+                m.config,
+                mesh,
+                dataset.test_images,
+                member(state, i).root,
+                m.run.figures,
+                m.name,
+            )
+            for i, m in enumerate(members)
+        ]
         epoch_seconds, epoch_steps, compile_seconds = 0.0, 0, trainer.compile_seconds
-        while len(history) < num_epochs and not stop.requested:
+        while len(histories[0]) < num_epochs and not stop.requested:
             epoch, start = step // spe + 1, step % spe
             if start == 0:
                 sums = trainer.zeros
@@ -240,43 +291,55 @@ def _loop(
             state, sums, step = segment.state, segment.sums, segment.step
             epoch_seconds += segment.seconds
             epoch_steps += segment.steps
-            first_bad = int(jax.device_get(sums.first_bad))
-            if first_bad >= 0:
-                raise _nonfinite_error(trainer, state, first_bad, checkpointer, config)
+            first_bad = np.asarray(jax.device_get(sums.first_bad)).reshape(-1)
+            for i, bad in enumerate(first_bad):
+                if bad >= 0:
+                    m = members[i]
+                    raise _nonfinite_error(
+                        trainer, member(state, i), int(bad), m.checkpointer, m.config, m.run.path
+                    )
             epoch_done = step % spe == 0
             if epoch_done:
-                test, eval_seconds = outputs.evaluate_and_draw(state.params, epoch)
-                train = dict(zip(TRAIN_METRICS, jax.device_get(sums.metrics) / spe, strict=True))
-                history.append(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        **{f"train_{k}_nats": float(v) for k, v in train.items()},
-                        **{f"test_{k}_nats": v for k, v in test.items()},
-                        "train_seconds": epoch_seconds,
-                        "images_per_sec": epoch_steps * batch_size / epoch_seconds,
-                        "eval_seconds": eval_seconds,
-                        "compile_seconds": compile_seconds,
-                        "devices": n_devices,
-                        "time": time.time(),
-                    }
-                )
+                all_means = np.asarray(jax.device_get(sums.metrics)).reshape(len(members), -1)
+                for i, out in enumerate(outputs):
+                    test, eval_seconds = out.evaluate_and_draw(member(state, i).params, epoch)
+                    train = dict(zip(TRAIN_METRICS, all_means[i] / spe, strict=True))
+                    histories[i].append(
+                        {
+                            "epoch": epoch,
+                            "step": step,
+                            **{f"train_{k}_nats": float(v) for k, v in train.items()},
+                            **{f"test_{k}_nats": v for k, v in test.items()},
+                            "train_seconds": epoch_seconds,
+                            # per run: models trained together share the seconds
+                            "images_per_sec": epoch_steps * batch_size / epoch_seconds,
+                            "eval_seconds": eval_seconds,
+                            "compile_seconds": compile_seconds,
+                            "devices": n_devices,
+                            "models_together": len(members),
+                            "time": time.time(),
+                        }
+                    )
                 epoch_seconds, epoch_steps, compile_seconds = 0.0, 0, 0.0
             if step != saved_step:
                 save()
             if epoch_done:
-                metrics_writer.write(history)
-                tqdm.write(_format_epoch(history[-1], num_epochs))
-        if len(history) < num_epochs and step != saved_step:
+                for i, (writer, history) in enumerate(zip(writers, histories, strict=True)):
+                    writer.write(history)
+                    prefix = f"{members[i].name}: " if grouped else ""
+                    tqdm.write(prefix + _format_epoch(history[-1], num_epochs))
+        if len(histories[0]) < num_epochs and step != saved_step:
             save()  # stopped before the first step: the claim "a checkpoint is saved" holds
 
-    metrics_writer.close()
-    if len(history) < num_epochs:
+    for writer in writers:
+        writer.close()
+    if len(histories[0]) < num_epochs:
         assert stop.signum is not None
         done_epochs = (step - 1) // spe if step else 0
         raise TrainingInterrupted(stop.signum, step, done_epochs + 1, step - done_epochs * spe, spe)
-    print(f"Done: {run.path} (figures in {run.figures}, metrics in {metrics_writer.path})")
-    return history
+    for m, writer in zip(members, writers, strict=True):
+        print(f"Done: {m.run.path} (figures in {m.run.figures}, metrics in {writer.path})")
+    return histories
 
 
 def _nonfinite_error(
@@ -285,6 +348,7 @@ def _nonfinite_error(
     first_bad: int,
     checkpointer: Checkpointer,
     config: ml_collections.ConfigDict,
+    path: Path,
 ) -> NonFiniteError:
     spe = trainer.steps_per_epoch
     indices = trainer.batch_indices(state, first_bad)
@@ -302,7 +366,8 @@ def _nonfinite_error(
     hints.append("checking those images")
     return NonFiniteError(
         f"non-finite loss or gradient at step {first_bad} (epoch {first_bad // spe + 1}, "
-        f"batch {first_bad % spe + 1} of {spe}); the update was not applied and training "
+        f"batch {first_bad % spe + 1} of {spe}) of the run in {path}; the update was not "
+        "applied and training "
         f"stopped. The batch held training images [{shown}] (positions in the training "
         f"set). {newest} Things to try: {'; '.join(hints)}."
     )
@@ -319,7 +384,10 @@ def _format_epoch(record: dict, num_epochs: int) -> str:
 
 
 class EpochTrainer:
-    """The training set on the devices, the train step compiled once, and the step loop."""
+    """The training set on the devices, the train step compiled once, and the step loop.
+
+    With ``noise_scales`` (one per model) the state and sums hold several models along a
+    leading axis and the step is ``jax.vmap``-ed over them (and their noise scales)."""
 
     def __init__(
         self,
@@ -330,26 +398,39 @@ class EpochTrainer:
         train_images: np.ndarray,
         state: TrainState,
         sums: EpochSums,
+        noise_scales: list[float] | None = None,
     ):
         self.batch_size = config.train.batch_size
         self.num_epochs = config.train.num_epochs
         self.log_every = config.train.log_every_steps
+        self.models = 1 if noise_scales is None else len(noise_scales)
         n = len(train_images)
         self.steps_per_epoch = n // self.batch_size
         repl = parallel.replicated(mesh)
         self.images = jax.device_put(train_images, repl)
-        self._permute = jax.jit(
-            lambda key_data, epoch: epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n),
-            out_shardings=repl,
-        )
+
+        def permute(key_data, epoch):
+            return epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n)
+
+        step = make_train_step(model, tx, config, self.steps_per_epoch, mesh)
         self.zeros = jax.device_put(zero_sums(), repl)
+        if noise_scales is not None:
+            permute = jax.vmap(permute, in_axes=(0, None))
+            scales = jnp.asarray(noise_scales, jnp.float32)
+            vstep = jax.vmap(step, in_axes=(0, 0, None, 0, 0))
+
+            def step(state, sums, images, perm):
+                return vstep(state, sums, images, perm, scales)
+
+            self.zeros = jax.device_put(stack([zero_sums()] * self.models), repl)
+        self._permute = jax.jit(permute, out_shardings=repl)
         state_sharding = jax.tree.map(lambda _: repl, state)
         sums_sharding = jax.tree.map(lambda _: repl, sums)
         start = time.perf_counter()
         # Compiled ahead of time: a later call with other shapes or shardings fails loudly
         # instead of silently recompiling.
         lowered = jax.jit(
-            make_train_step(model, tx, config, self.steps_per_epoch, mesh),
+            step,
             in_shardings=(state_sharding, sums_sharding, repl, repl),
             out_shardings=(state_sharding, sums_sharding),
             donate_argnums=0,
@@ -358,8 +439,10 @@ class EpochTrainer:
         self.compile_seconds = time.perf_counter() - start
 
     def batch_indices(self, state: TrainState, step: int) -> list[int]:
-        """Positions in the training set of the batch of global ``step``."""
-        perm = jax.device_get(self._permute(state.rng, jnp.int32(step // self.steps_per_epoch)))
+        """Positions in the training set of the batch of global ``step`` (``state``: one
+        model's)."""
+        epoch = jnp.int32(step // self.steps_per_epoch)
+        perm = jax.device_get(epoch_permutation(state.root, epoch, len(self.images)))
         offset = (step % self.steps_per_epoch) * self.batch_size
         return [int(i) for i in perm[offset : offset + self.batch_size]]
 
@@ -375,9 +458,10 @@ class EpochTrainer:
         ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
         spe = self.steps_per_epoch
         perm = self._permute(state.rng, jnp.int32(epoch - 1))
+        per_step = self.batch_size * self.models  # images/s counts every model's images
         bar = tqdm(
-            total=spe * self.batch_size,
-            initial=start * self.batch_size,
+            total=spe * per_step,
+            initial=start * per_step,
             desc=f"epoch {epoch}/{self.num_epochs}",
             unit="img",
             unit_scale=True,
@@ -396,10 +480,12 @@ class EpochTrainer:
                 if i % self.log_every == 0 or i == spe:
                     if shown is not None:
                         seen = jax.device_get(shown[0])
-                        if seen.first_bad >= 0:
+                        if np.any(seen.first_bad >= 0):
                             break
-                        bar.set_postfix(loss=f"{seen.metrics[0] / shown[1]:.2f}", refresh=False)
-                    bar.update(i * self.batch_size - bar.n)
+                        losses = np.reshape(seen.metrics, (-1, len(TRAIN_METRICS)))[:, 0]
+                        loss = "/".join(f"{v / shown[1]:.2f}" for v in losses)
+                        bar.set_postfix(loss=loss, refresh=False)
+                    bar.update(i * per_step - bar.n)
                     shown = (sums, i)
                 if pause(step):
                     break

@@ -96,11 +96,13 @@ def make_train_step(
     steps_per_epoch: int,
     mesh: Mesh,
 ) -> Callable[[TrainState, EpochSums, jax.Array, jax.Array], tuple[TrainState, EpochSums]]:
-    """``(state, sums, images, perm) -> (state, sums)``, pure.
+    """``(state, sums, images, perm[, noise_scale]) -> (state, sums)``, pure.
 
     ``images``: the uint8 training set; ``perm``: this epoch's permutation of it. The step's
     batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, sharded
     over the devices. Noise (and dynamic binarization) use ``fold_in(TRAIN, state.step)``.
+    ``noise_scale`` (traced) replaces ``config.model.noise_scale`` when given: the sweep
+    vmaps this step over models that differ in it.
 
     NaN guard: if the loss or any gradient is not finite, the update is not applied, the step is
     recorded in ``sums.first_bad``, and no later step changes the parameters either, so the
@@ -110,7 +112,13 @@ def make_train_step(
     dynamic = config.data.binarize == "dynamic"
     batch = parallel.batch_sharding(mesh)
 
-    def step(state: TrainState, sums: EpochSums, images: jax.Array, perm: jax.Array):
+    def step(
+        state: TrainState,
+        sums: EpochSums,
+        images: jax.Array,
+        perm: jax.Array,
+        noise_scale: jax.Array | None = None,
+    ):
         offset = (state.step % steps_per_epoch) * batch_size
         idx = jax.lax.with_sharding_constraint(
             jax.lax.dynamic_slice_in_dim(perm, offset, batch_size), batch
@@ -122,7 +130,7 @@ def make_train_step(
             x = data_lib.dynamic_binarize(binarize_key, x)
 
         def loss_fn(params):
-            return objectives.training_loss(model, params, x, noise_key, config.model)
+            return objectives.training_loss(model, params, x, noise_key, config.model, noise_scale)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -1,0 +1,87 @@
+"""Several runs trained together: one compiled step, ``jax.vmap``-ed over their states.
+
+The runs' configs may differ only in ``seed`` and ``model.noise_scale``; each run keeps its own
+workdir, checkpoints, metrics and figures, written as :func:`vae_jax.train.train_and_evaluate`
+writes them, so any of them can later be resumed, evaluated or extended on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from vae_jax import config as config_lib
+from vae_jax import data as data_lib
+from vae_jax import parallel, run_eval
+from vae_jax.checkpoints import Checkpointer
+from vae_jax.errors import ConfigError
+from vae_jax.models import make_model
+from vae_jax.restore import saved_like
+from vae_jax.sweep import group_key
+from vae_jax.train import Member, train_members
+from vae_jax.workdir import Workdir
+
+
+def train_group(
+    runs: list[tuple[ml_collections.ConfigDict, Path, str]], dataset: data_lib.Dataset
+) -> bool:
+    """Train ``(config, workdir, name)`` runs together to their last epoch, resuming them
+    from their checkpoints, then evaluate each (``eval.after_training``).
+
+    Returns False, having written nothing, when their newest checkpoints are at different
+    steps (they then have to be trained one by one). Raises :class:`NonFiniteError` naming
+    the run whose loss went non-finite; every run's newest checkpoint is then intact.
+    """
+    configs = [c for c, _, _ in runs]
+    if len({group_key(c) for c in configs}) != 1:
+        raise ConfigError("runs trained together may differ only in seed and model.noise_scale")
+    if jax.process_count() > 1:
+        raise ConfigError("training runs together is single-process; use --shard across hosts")
+    mesh = parallel.make_mesh()
+    config = configs[0]
+    config_lib.validate(config)
+    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
+    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+    data_lib.check_dataset(dataset, config.train.batch_size)
+    workdirs = [Workdir(Path(p)) for _, p, _ in runs]
+    checkpointers: list[Checkpointer | None] = [None] * len(runs)
+    try:
+        restored = []
+        for i, (c, run) in enumerate(zip(configs, workdirs, strict=True)):
+            run.check(c)
+            if run.path.exists():
+                run.lock()
+            if run.checkpoints.is_dir():
+                checkpointers[i] = Checkpointer(run.checkpoints, c.checkpoint.max_to_keep)
+                restored.append(
+                    checkpointers[i].restore_latest_valid(lambda m, c=c: saved_like(c, m, mesh))
+                )
+            else:
+                restored.append(None)
+        if len({r.step if r else 0 for r in restored}) > 1:
+            return False
+        model = make_model(config.model, dataset.image_shape)
+        like = saved_like(config, {"image_shape": dataset.image_shape}, mesh)
+        nbytes = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
+        members = []
+        for i, ((c, _, name), run) in enumerate(zip(runs, workdirs, strict=True)):
+            if not run.locked:
+                run.lock()
+            run.create(c, checkpoint_bytes=nbytes)
+            if checkpointers[i] is None:
+                checkpointers[i] = Checkpointer(run.checkpoints, c.checkpoint.max_to_keep)
+            members.append(Member(c, run, name, checkpointers[i], restored[i]))
+        if restored[0] is None or len(restored[0].meta["history"]) < config.train.num_epochs:
+            train_members(members, mesh, dataset, model)
+        for c, run in zip(configs, workdirs, strict=True):
+            if c.eval.after_training and not (run.path / "eval.json").exists():
+                run_eval.evaluate_run(run.path, dataset=dataset)
+        return True
+    finally:
+        for checkpointer in checkpointers:
+            if checkpointer is not None:
+                checkpointer.close()
+        for run in workdirs:
+            run.unlock()

@@ -1,0 +1,152 @@
+"""Running a sweep: ``python -m vae_jax sweep <sweep> [--shard i/n] [--vmap auto|on|off]``.
+
+Each point trains in ``<root>/<point name>/`` (default root ``runs/sweeps/<sweep>``) exactly as
+``make train`` would train it there, so a rerun skips finished points and resumes unfinished
+ones from their checkpoints. Points whose configs differ only in ``seed`` and
+``model.noise_scale`` (same array shapes) train together as one compiled program, the train
+step ``jax.vmap``-ed over their states, keys and noise scales (see :func:`vmap_pays_off`).
+``--shard i/n`` takes every n-th point from the i-th; the summary then covers every point of
+the sweep that has finished, whichever process trained it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+
+from vae_jax import config as config_lib
+from vae_jax import sweep_grid
+from vae_jax.errors import ConfigError, NonFiniteError
+from vae_jax.reporting import read_jsonl
+from vae_jax.sweep_grid import Point
+from vae_jax.workdir import Workdir
+
+VMAP_MODES = ("auto", "on", "off")
+VMAPPED_KEYS = ("seed", "model.noise_scale")
+
+
+def default_root(sweep: str) -> Path:
+    return Path("runs") / "sweeps" / sweep
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+    """Points with the same key can train together under ``jax.vmap``."""
+    flat = config_lib.flatten(config)
+    return json.dumps({k: v for k, v in flat.items() if k not in VMAPPED_KEYS}, default=str)
+
+
+def vmap_pays_off(config: ml_collections.ConfigDict, platform: str) -> bool:
+    """``--vmap auto``: vmap except for the conv model on CPU, where ``make bench-sweep``
+    measured no gain (2 cores, README "Sweeps"): its convs already keep both cores busy, and a
+    vmapped conv runs as one conv per model."""
+    return not (platform == "cpu" and config.model.arch == "conv")
+
+
+def is_finished(path: Path, config: ml_collections.ConfigDict) -> bool:
+    """Trained to ``train.num_epochs`` and, when the config asks for it, evaluated."""
+    history = read_jsonl(path / "metrics.jsonl")
+    if len(history) < config.train.num_epochs:
+        return False
+    return not config.eval.after_training or (path / "eval.json").exists()
+
+
+def plan(
+    points: list[Point], root: Path, vmap: str, platform: str
+) -> tuple[list[Point], list[list[Point]]]:
+    """``(finished points, units to train)``; a unit is one point or a group to vmap."""
+    finished, todo = [], []
+    for p in points:
+        (finished if is_finished(root / p.name, p.config) else todo).append(p)
+    units: dict[str, list[Point]] = {}
+    for p in todo:
+        together = vmap == "on" or (vmap == "auto" and vmap_pays_off(p.config, platform))
+        key = group_key(p.config) if together else p.name
+        units.setdefault(key, []).append(p)
+    return finished, list(units.values())
+
+
+def _eta(done: int, total: int, seconds: float) -> str:
+    if done == 0:
+        return "ETA unknown"
+    left = seconds / done * (total - done)
+    return f"ETA {left / 60:.0f} min" if left >= 60 else f"ETA {left:.0f} s"
+
+
+def run_sweep(
+    name: str,
+    overrides: list[tuple[str, str]] | None = None,
+    shard: str = "0/1",
+    vmap: str = "auto",
+    root: str | Path | None = None,
+    load_data: Callable | None = None,
+) -> Path:
+    """Train this shard's unfinished points, then write the summary of every finished point.
+    Returns the sweep's root folder. ``load_data(data_config)`` replaces
+    :func:`vae_jax.data.load_dataset` (tests)."""
+    if vmap not in VMAP_MODES:
+        raise ConfigError(f"--vmap {vmap!r}: use one of {', '.join(VMAP_MODES)}")
+    sweep_name, spec = sweep_grid.load_sweep_spec(name)
+    sweep = sweep_grid.expand(sweep_name, spec, overrides)
+    i, n = sweep_grid.parse_shard(shard)
+    root = Path(root) if root is not None else default_root(sweep_name)
+    mine = sweep_grid.shard(sweep.points, i, n)
+    for p in mine:  # refuse a clash with an existing run before training anything
+        Workdir(root / p.name).check(p.config)
+
+    import jax  # after the cheap checks
+
+    from vae_jax import data as data_lib
+    from vae_jax import sweep_summary
+    from vae_jax.group_train import train_group
+    from vae_jax.train import train_and_evaluate
+
+    load_data = load_data or data_lib.load_dataset
+    finished, units = plan(mine, root, vmap, jax.default_backend())
+    total, done = len(mine), len(finished)
+    print(
+        f"sweep {sweep_name}: {len(sweep.points)} points, shard {i}/{n} has {total}; "
+        f"{done} finished, {total - done} to train in {len(units)} unit(s) -> {root}"
+    )
+    datasets: dict[str, data_lib.Dataset] = {}
+    failed: list[str] = []
+    start = time.monotonic()
+    trained = 0
+    for unit in units:
+        data_key = json.dumps(config_lib.to_json_dict(unit[0].config.data), sort_keys=True)
+        if data_key not in datasets:
+            datasets[data_key] = load_data(unit[0].config.data)
+        dataset = datasets[data_key]
+        names = ", ".join(p.name for p in unit)
+        how = f"{len(unit)} together under jax.vmap" if len(unit) > 1 else "1 point"
+        print(f"[sweep {sweep_name}] {done + 1}/{total}: {names} ({how})", flush=True)
+        singles = [unit]
+        if len(unit) > 1:
+            try:
+                members = [(p.config, root / p.name, p.name) for p in unit]
+                singles = [] if train_group(members, dataset) else [[p] for p in unit]
+            except NonFiniteError as e:
+                print(f"{e}\nRetraining these points one by one from their checkpoints.")
+                singles = [[p] for p in unit]
+        for (p,) in singles:
+            try:
+                train_and_evaluate(p.config, root / p.name, dataset=dataset, name=p.name)
+            except NonFiniteError as e:
+                print(f"[sweep {sweep_name}] {p.name} failed: {e}")
+                failed.append(p.name)
+        done += len(unit)
+        trained += len(unit)
+        elapsed = time.monotonic() - start
+        print(
+            f"[sweep {sweep_name}] {done}/{total} points done, {elapsed / 60:.1f} min, "
+            f"{_eta(trained, total - done + trained, elapsed)}",
+            flush=True,
+        )
+    summary = sweep_summary.write_summary(root, sweep)
+    print(summary)
+    if failed:
+        print(f"[sweep {sweep_name}] non-finite loss in: {', '.join(failed)} (see above)")
+    return root
