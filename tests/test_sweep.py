@@ -200,6 +200,5 @@ def test_group_at_different_steps_is_trained_one_by_one(tmp_path):
 def test_vmap_auto_follows_the_measurement():
     conv = small_config()
     mlp = small_config(model__arch="mlp")
-    assert not sweep_lib.vmap_pays_off(conv, "cpu")
-    assert sweep_lib.vmap_pays_off(mlp, "cpu")
-    assert sweep_lib.vmap_pays_off(conv, "gpu")
+    assert not sweep_lib.vmap_pays_off(conv, "cpu") and not sweep_lib.vmap_pays_off(mlp, "cpu")
+    assert sweep_lib.vmap_pays_off(conv, "gpu") and sweep_lib.vmap_pays_off(mlp, "tpu")

@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("auto", "on", "off"),
         default="auto",
         help="train points that differ only in seed and noise scale together under jax.vmap "
-        "(auto: where measured faster; README, 'Sweeps')",
+        "(auto: on GPU/TPU, not on CPU; README, 'Sweeps')",
     )
     p.add_argument("--no-vmap", dest="vmap", action="store_const", const="off")
     sub.add_parser("list", help="list the experiments and sweeps")
