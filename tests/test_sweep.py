@@ -11,7 +11,7 @@ from conftest import small_config, synthetic_dataset
 
 from vae_jax import sweep as sweep_lib
 from vae_jax import train as train_lib
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, NonFiniteError
 from vae_jax.group_train import train_group
 from vae_jax.reporting import read_jsonl
 from vae_jax.restore import restore_run
@@ -202,3 +202,23 @@ def test_vmap_auto_follows_the_measurement():
     mlp = small_config(model__arch="mlp")
     assert not sweep_lib.vmap_pays_off(conv, "cpu") and not sweep_lib.vmap_pays_off(mlp, "cpu")
     assert sweep_lib.vmap_pays_off(conv, "gpu") and sweep_lib.vmap_pays_off(mlp, "tpu")
+
+
+def test_non_finite_point_fails_alone_and_the_sweep_says_so(tmp_path, capsys):
+    """A NaN inside a vmapped group: the group is retrained one by one, the bad points are
+    named, the others finish, and the command ends with an error."""
+    grid = {"model.noise_scale": [0.5, 1.0], "train.learning_rate": [1e-3, 1e30]}
+    path = _write_sweep(tmp_path, grid)
+    root = tmp_path / "out"
+    with pytest.raises(
+        NonFiniteError,
+        match=r"noise_scale=0.5,learning_rate=1e\+30,seed=0, noise_scale=1.0,learning_rate=1e\+30",
+    ):
+        sweep_lib.run_sweep(path, vmap="on", root=root, load_data=lambda c: synthetic_dataset())
+    out = capsys.readouterr().out
+    assert "Retraining these points one by one" in out
+    rows = list(csv.DictReader((root / "summary.csv").open()))
+    assert [r["point"] for r in rows] == [
+        "noise_scale=0.5,learning_rate=0.001,seed=0",
+        "noise_scale=1.0,learning_rate=0.001,seed=0",
+    ]

@@ -75,8 +75,9 @@ def train_group(
             members.append(Member(c, run, name, checkpointers[i], restored[i]))
         if restored[0] is None or len(restored[0].meta["history"]) < config.train.num_epochs:
             train_members(members, mesh, dataset, model)
+        last_step = config.train.num_epochs * (len(dataset.train_images) // config.train.batch_size)
         for c, run in zip(configs, workdirs, strict=True):
-            if c.eval.after_training and not (run.path / "eval.json").exists():
+            if c.eval.after_training and not run_eval.is_current(run.path, last_step):
                 run_eval.evaluate_run(run.path, dataset=dataset)
         return True
     finally:

@@ -150,5 +150,8 @@ def run_sweep(
     summary = sweep_summary.write_summary(root, sweep)
     print(summary)
     if failed:
-        print(f"[sweep {sweep_name}] non-finite loss in: {', '.join(failed)} (see above)")
+        raise NonFiniteError(
+            f"sweep {sweep_name}: non-finite loss in {', '.join(failed)} (see above); the other "
+            "points finished and are in the summary"
+        )
     return root
