@@ -86,12 +86,12 @@ def measure(
         jax.jit(lambda c=c: init_state(c, model, tx, dataset.image_shape), out_shardings=repl)()
         for c in configs
     ]
-    state = states[0] if models == 1 else stack(states)
-    sums = jax.device_put(zero_sums(), repl)
-    scales = None
-    if models > 1:
-        sums = jax.device_put(stack([zero_sums()] * models), repl)
+    if models == 1:
+        state, sums, scales = states[0], zero_sums(), None
+    else:
+        state, sums = stack(states), stack([zero_sums()] * models)
         scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
+    sums = jax.device_put(sums, repl)
     trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums, scales)
     spe = trainer.steps_per_epoch
     if steps <= 0:

@@ -144,37 +144,51 @@ def experiments_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "experiments"
 
 
-def available_experiments(directory: Path | None = None) -> list[str]:
-    directory = directory or experiments_dir()
+def python_files(directory: Path) -> list[str]:
+    """The names of the ``.py`` files in ``directory`` (not those starting with ``_``)."""
     if not directory.is_dir():
         return []
     return sorted(p.stem for p in directory.glob("*.py") if not p.name.startswith("_"))
 
 
-def experiment_path(name: str, directory: Path | None = None) -> Path:
-    """The file of experiment ``name`` (a name in ``experiments/`` or a path to a .py file)."""
-    directory = directory or experiments_dir()
+def find_python_file(name: str, directory: Path, kind: str) -> Path:
+    """``directory/<name>.py``, or ``name`` itself if it is a path to a .py file; else a
+    :class:`ConfigError` naming the ``kind``s (experiment, sweep) there."""
     if name.endswith(".py") and Path(name).is_file():
         return Path(name)
     path = directory / f"{name}.py"
     if name and "/" not in name and path.is_file():
         return path
-    names = available_experiments(directory)
+    names = python_files(directory)
     hint = difflib.get_close_matches(name, names, n=1)
-    msg = f"unknown experiment {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-    raise ConfigError(f"{msg}; experiments in {directory}: {', '.join(names) or '(none)'}")
+    msg = f"unknown {kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    raise ConfigError(f"{msg}; {kind}s in {directory}: {', '.join(names) or '(none)'}")
+
+
+def call_in_file(path: Path, function: str, kind: str) -> Any:
+    """Import the Python file ``path`` and return ``function()`` of it."""
+    spec = importlib.util.spec_from_file_location(f"vae_jax_{kind}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        raise ConfigError(f"{kind} file {path} has no {function}() function")
+    return getattr(module, function)()
+
+
+def available_experiments(directory: Path | None = None) -> list[str]:
+    return python_files(directory or experiments_dir())
+
+
+def experiment_path(name: str, directory: Path | None = None) -> Path:
+    """The file of experiment ``name`` (a name in ``experiments/`` or a path to a .py file)."""
+    return find_python_file(name, directory or experiments_dir(), "experiment")
 
 
 def load_experiment(name: str) -> ml_collections.ConfigDict:
     """Import ``experiments/<name>.py`` and return its ``get_config()``, validated."""
     path = experiment_path(name)
-    spec = importlib.util.spec_from_file_location(f"vae_jax_experiment_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"experiment file {path} has no get_config() function")
-    config = module.get_config()
+    config = call_in_file(path, "get_config", "experiment")
     validate(config, source=str(path))
     return config
 

@@ -12,15 +12,19 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from vae_jax import config as config_lib
 from vae_jax import data as data_lib
 from vae_jax import parallel, run_eval
 from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import ConfigError
-from vae_jax.models import make_model
-from vae_jax.restore import saved_like
 from vae_jax.sweep import group_key
-from vae_jax.train import Member, train_members
+from vae_jax.train import (
+    Member,
+    check_config,
+    create_workdir,
+    model_for,
+    restore_newest,
+    train_members,
+)
 from vae_jax.workdir import Workdir
 
 
@@ -41,10 +45,8 @@ def train_group(
         raise ConfigError("training runs together is single-process; use --shard across hosts")
     mesh = parallel.make_mesh()
     config = configs[0]
-    config_lib.validate(config)
-    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
-    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
-    data_lib.check_dataset(dataset, config.train.batch_size)
+    for c in configs:
+        check_config(c, mesh)
     workdirs = [Workdir(Path(p)) for _, p, _ in runs]
     checkpointers: list[Checkpointer | None] = [None] * len(runs)
     try:
@@ -53,23 +55,19 @@ def train_group(
             run.check(c)
             if run.path.exists():
                 run.lock()
-            if run.checkpoints.is_dir():
-                checkpointers[i] = Checkpointer(run.checkpoints, c.checkpoint.max_to_keep)
-                restored.append(
-                    checkpointers[i].restore_latest_valid(lambda m, c=c: saved_like(c, m, mesh))
-                )
-            else:
-                restored.append(None)
+            checkpointers[i], newest = restore_newest(run, c, mesh)
+            restored.append(newest)
         if len({r.step if r else 0 for r in restored}) > 1:
             return False
-        model = make_model(config.model, dataset.image_shape)
-        like = saved_like(config, {"image_shape": dataset.image_shape}, mesh)
-        nbytes = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
+        # one model for all (same shapes); each restored run must have seen these images
+        models = [
+            model_for(c, dataset, r, run)
+            for c, r, run in zip(configs, restored, workdirs, strict=True)
+        ]
+        model = models[0]
         members = []
         for i, ((c, _, name), run) in enumerate(zip(runs, workdirs, strict=True)):
-            if not run.locked:
-                run.lock()
-            run.create(c, checkpoint_bytes=nbytes)
+            create_workdir(run, c, dataset.image_shape, mesh)
             if checkpointers[i] is None:
                 checkpointers[i] = Checkpointer(run.checkpoints, c.checkpoint.max_to_keep)
             members.append(Member(c, run, name, checkpointers[i], restored[i]))

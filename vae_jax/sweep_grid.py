@@ -13,8 +13,6 @@ values are added to the grid; ``seed`` is always part of the grid (default: the 
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import itertools
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,35 +42,13 @@ def sweeps_dir() -> Path:
 
 
 def available_sweeps(directory: Path | None = None) -> list[str]:
-    directory = directory or sweeps_dir()
-    if not directory.is_dir():
-        return []
-    return sorted(p.stem for p in directory.glob("*.py") if not p.name.startswith("_"))
-
-
-def sweep_path(name: str, directory: Path | None = None) -> Path:
-    directory = directory or sweeps_dir()
-    if name.endswith(".py") and Path(name).is_file():
-        return Path(name)
-    path = directory / f"{name}.py"
-    if name and "/" not in name and path.is_file():
-        return path
-    names = available_sweeps(directory)
-    hint = difflib.get_close_matches(name, names, n=1)
-    msg = f"unknown sweep {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-    raise ConfigError(f"{msg}; sweeps in {directory}: {', '.join(names) or '(none)'}")
+    return config_lib.python_files(directory or sweeps_dir())
 
 
 def load_sweep_spec(name: str) -> tuple[str, dict]:
-    """``(sweep name, get_sweep())`` of a sweep file."""
-    path = sweep_path(name)
-    spec = importlib.util.spec_from_file_location(f"vae_jax_sweep_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ConfigError(f"sweep file {path} has no get_sweep() function")
-    return path.stem, module.get_sweep()
+    """``(sweep name, get_sweep())`` of a sweep (a name in ``experiments/sweeps/`` or a path)."""
+    path = config_lib.find_python_file(name, sweeps_dir(), "sweep")
+    return path.stem, config_lib.call_in_file(path, "get_sweep", "sweep")
 
 
 def _format_value(value: Any) -> str:

@@ -88,10 +88,8 @@ def train_and_evaluate(
     :class:`TrainingInterrupted` after saving a checkpoint; a NaN raises
     :class:`NonFiniteError` with the newest checkpoint intact.
     """
-    config_lib.validate(config)
     mesh = parallel.make_mesh()
-    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
-    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+    check_config(config, mesh)
     run = Workdir(Path(workdir))
     run.check(config, force=force)
     if run.path.exists():
@@ -100,6 +98,53 @@ def train_and_evaluate(
         return _train(config, run, mesh, dataset, name, force)
     finally:
         run.unlock()
+
+
+def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """The config is valid and its batch sizes divide over the devices."""
+    config_lib.validate(config)
+    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
+    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+
+
+def restore_newest(
+    run: Workdir, config: ml_collections.ConfigDict, mesh: Mesh
+) -> tuple[Checkpointer | None, Restored | None]:
+    """The run's checkpointer and newest valid checkpoint; ``(None, None)`` without a
+    checkpoints folder (nothing is created)."""
+    if not run.checkpoints.is_dir():
+        return None, None
+    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
+    return checkpointer, checkpointer.restore_latest_valid(lambda m: saved_like(config, m, mesh))
+
+
+def model_for(
+    config: ml_collections.ConfigDict,
+    dataset: data_lib.Dataset,
+    restored: Restored | None,
+    run: Workdir,
+) -> VAE:
+    """The model for ``dataset``'s images, which must be those the restored run saw."""
+    data_lib.check_dataset(dataset, config.train.batch_size)
+    if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
+        raise DataError(
+            f"images are {dataset.image_shape}, but the run in {run.path} was trained on "
+            f"{tuple(restored.meta['image_shape'])}"
+        )
+    try:
+        return make_model(config.model, dataset.image_shape)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def create_workdir(run: Workdir, config: ml_collections.ConfigDict, image_shape, mesh) -> None:
+    """Lock and create ``run``'s workdir, checking room for the run's checkpoints."""
+    if not run.locked:
+        run.lock()
+    like = saved_like(config, {"image_shape": image_shape}, mesh)
+    run.create(
+        config, checkpoint_bytes=sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
+    )
 
 
 def _train(
@@ -113,9 +158,8 @@ def _train(
     checkpointer = None
     try:
         restored = None
-        if not force and run.checkpoints.is_dir():
-            checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-            restored = checkpointer.restore_latest_valid(lambda m: saved_like(config, m, mesh))
+        if not force:
+            checkpointer, restored = restore_newest(run, config, mesh)
             if restored is not None and len(restored.meta["history"]) >= config.train.num_epochs:
                 print(f"Run in {run.path} is finished ({len(restored.meta['history'])} epochs).")
                 if config.eval.after_training and not run_eval.is_current(run.path, restored.step):
@@ -123,27 +167,13 @@ def _train(
                 return restored.meta["history"]
         if dataset is None:
             dataset = data_lib.load_dataset(config.data)
-        data_lib.check_dataset(dataset, config.train.batch_size)
-        if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
-            raise DataError(
-                f"images are {dataset.image_shape}, but the run in {run.path} was trained on "
-                f"{tuple(restored.meta['image_shape'])}"
-            )
-        try:
-            model = make_model(config.model, dataset.image_shape)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        model = model_for(config, dataset, restored, run)
 
         # --- nothing was written before this line (but the lock of an existing workdir) ---
         if force and (moved := run.move_aside()) is not None:
             run.unlock()
             print(f"--force: moved the previous run in {run.path} to {moved}")
-        if not run.locked:
-            run.lock()
-        like = saved_like(config, {"image_shape": dataset.image_shape}, mesh)
-        run.create(
-            config, checkpoint_bytes=sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
-        )
+        create_workdir(run, config, dataset.image_shape, mesh)
         if checkpointer is None:
             checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
         try:
