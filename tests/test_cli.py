@@ -103,7 +103,10 @@ def test_list_experiments():
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, mnist_dir):
     workdir = tmp_path / "run"
+    # A checkpoint after every step keeps the 24 steps busy for longer than the 1 s below, even
+    # on a fast machine with a warm compilation cache (else SIGTERM may come after the end).
     args = ["train", "mnist_z20", "--workdir", str(workdir), *SMALL]
+    args.append("--config.checkpoint.every_steps=1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vae_jax", *args],
         cwd=ROOT,
