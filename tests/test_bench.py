@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import pytest
 from conftest import ROOT
 
-from vae_jax import flops
 from vae_jax.config import base_config, load_experiment
-from vae_jax.models import init_params, make_model
+from vae_jax.core import flops
+from vae_jax.core.models import init_params, make_model
 
 
 def test_seed_conv_flops_closed_form():

@@ -8,11 +8,11 @@ import pytest
 from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
-from vae_jax.checkpoints import Checkpointer, tree_sha256
+from vae_jax.core.train_step import abstract_state
 from vae_jax.errors import CheckpointError
-from vae_jax.restore import restore_run
-from vae_jax.train import train_and_evaluate
-from vae_jax.train_step import abstract_state
+from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.outputs.checkpoints import Checkpointer, tree_sha256
+from vae_jax.training.loop import train_and_evaluate
 
 
 def _random_state(seed=0):

@@ -6,7 +6,7 @@ import logging
 import jax
 from conftest import small_config, synthetic_dataset
 
-from vae_jax import train
+from vae_jax.training import loop as train
 
 EPOCH_END = "<epoch end>"
 

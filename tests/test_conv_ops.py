@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import conv_ops, objectives
 from vae_jax.config import base_config
-from vae_jax.models import init_params, make_model
+from vae_jax.core import conv_ops, objectives
+from vae_jax.core.models import init_params, make_model
 
 # (flax layer, index into FAST's pair, input shape, kernel size, out features): the seed's
 # four layers and some other shapes.

@@ -176,7 +176,7 @@ def test_custom_dataset_errors_come_before_anything_is_written(tmp_path):
     from conftest import small_config, synthetic_dataset
 
     from vae_jax.errors import ConfigError
-    from vae_jax.train import train_and_evaluate
+    from vae_jax.training.loop import train_and_evaluate
 
     bad = synthetic_dataset(64, 32)._replace(train_images=np.zeros((64, 28, 28), np.float64))
     with pytest.raises(data.DataError, match="expected uint8 images"):

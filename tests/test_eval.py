@@ -14,18 +14,19 @@ from PIL import Image
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from vae_jax import iwae, parallel, rng
+from vae_jax import parallel
+from vae_jax.core import iwae, rng
+from vae_jax.core.models import VAE, init_params, make_model
 from vae_jax.errors import ConfigError
-from vae_jax.evaluate import (
+from vae_jax.evaluation.evaluators import (
     iwae_chunking,
     make_iwae_evaluator,
     make_latent_evaluator,
     make_test_evaluator,
 )
-from vae_jax.models import VAE, init_params, make_model
-from vae_jax.restore import restore_run
-from vae_jax.run_eval import evaluate_run
-from vae_jax.train import train_and_evaluate
+from vae_jax.evaluation.run import evaluate_run
+from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.training.loop import train_and_evaluate
 
 VOLATILE = {"seconds", "iwae_seconds", "peak_host_rss_bytes", "workdir"}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import finish, start_worker, wait_for_line
 
-from vae_jax.restore import restore_run
+from vae_jax.evaluation.trained_run import restore_run
 
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # the worker's tiny config: 24 steps
 

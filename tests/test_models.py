@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vae_jax.config import base_config
-from vae_jax.models import VAE, init_params, make_model
+from vae_jax.core.models import VAE, init_params, make_model
 
 
 @pytest.mark.parametrize("arch", ["conv", "mlp"])

@@ -7,12 +7,12 @@ import pytest
 from conftest import run_cli, small_config, synthetic_dataset
 
 from vae_jax import data as data_lib
-from vae_jax import rng
-from vae_jax.checkpoints import Checkpointer
+from vae_jax.core import rng
+from vae_jax.core.train_step import epoch_permutation
 from vae_jax.errors import NonFiniteError
-from vae_jax.restore import restore_run
-from vae_jax.train import train_and_evaluate
-from vae_jax.train_step import epoch_permutation
+from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.outputs.checkpoints import Checkpointer
+from vae_jax.training.loop import train_and_evaluate
 
 POISON = 13  # a pixel value the synthetic images (0 or 255) never have
 

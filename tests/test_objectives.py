@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vae_jax import objectives
 from vae_jax.config import base_config
-from vae_jax.models import init_params, make_model
+from vae_jax.core import objectives
+from vae_jax.core.models import init_params, make_model
 
 
 def test_kl_closed_form_matches_monte_carlo():

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from vae_jax.stopping import StopRequest
+from vae_jax.training.stopping import StopRequest
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from conftest import small_config, synthetic_dataset
 
-from vae_jax import sweep as sweep_lib
-from vae_jax import train as train_lib
 from vae_jax.errors import ConfigError, NonFiniteError
-from vae_jax.group_train import train_group
-from vae_jax.reporting import read_jsonl
-from vae_jax.restore import restore_run
-from vae_jax.sweep_grid import expand, load_sweep_spec, parse_shard, shard
-from vae_jax.train import train_and_evaluate
+from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.outputs.metrics import read_jsonl
+from vae_jax.sweeps import runner as sweep_lib
+from vae_jax.sweeps.grid import expand, load_sweep_spec, parse_shard, shard
+from vae_jax.training import loop as train_lib
+from vae_jax.training.group import train_group
+from vae_jax.training.loop import train_and_evaluate
 
 TINY_OVERRIDES = {
     "data.train_size": 128,
@@ -129,7 +129,7 @@ def test_tiny_sweep_end_to_end_in_two_shards_then_nothing_to_do(tmp_path, monkey
         "train_members",
         lambda members, *a: trained.extend(m.name for m in members) or real(members, *a),
     )
-    monkeypatch.setattr("vae_jax.group_train.train_members", train_lib.train_members)
+    monkeypatch.setattr("vae_jax.training.group.train_members", train_lib.train_members)
     sweep_lib.run_sweep(path, shard="0/2", vmap="on", root=root, load_data=load)
     first = list(trained)
     sweep_lib.run_sweep(path, shard="1/2", vmap="on", root=root, load_data=load)

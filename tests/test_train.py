@@ -11,9 +11,9 @@ from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
 from vae_jax.config import ConfigError, to_json_dict
-from vae_jax.reporting import read_jsonl, tensorboard_scalars
-from vae_jax.restore import restore_run
-from vae_jax.train import train_and_evaluate
+from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.outputs.metrics import read_jsonl, tensorboard_scalars
+from vae_jax.training.loop import train_and_evaluate
 
 
 def _tensorboard_scalars(logdir) -> set:
@@ -110,7 +110,7 @@ def test_outputs_of_a_run(tmp_path, data):
 
 def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
     """Evaluating the saved parameters again gives the logged test -ELBO exactly."""
-    from vae_jax.evaluate import make_test_evaluator
+    from vae_jax.evaluation.evaluators import make_test_evaluator
 
     history = train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
     config, model, state, _ = restore_run(tmp_path)

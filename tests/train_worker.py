@@ -22,9 +22,9 @@ from pathlib import Path
 from conftest import small_config, synthetic_dataset
 from orbax.checkpoint._src.path import atomicity
 
-from vae_jax import train
-from vae_jax.checkpoints import Checkpointer
 from vae_jax.errors import VaeJaxError
+from vae_jax.outputs.checkpoints import Checkpointer
+from vae_jax.training import loop as train
 
 
 def _install_hooks(args: argparse.Namespace) -> None:

@@ -3,10 +3,10 @@ whatever backend JAX finds.
 
 Each (experiment, batch size) is measured in a fresh process, so that compile time, the time
 from the command's start to the first finished step and the peak host memory are its own. The
-process runs the real training loop (:class:`vae_jax.train.EpochTrainer`: data on the device,
-the step compiled once, no host syncs but once per repetition): one warm-up repetition, then
-``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH`` also writes the
-records. Nothing is written anywhere else. Config overrides apply to every experiment, e.g.
+process runs the real training loop (:class:`vae_jax.training.loop.EpochTrainer`: data on
+the device, the step compiled once, no host syncs but once per repetition): one warm-up
+repetition, then ``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH``
+also writes the records. Nothing is written anywhere else. Config overrides apply to every experiment, e.g.
 ``--config.model.conv_impl=native``.
 
 ``--models 1 2 3`` (``make bench-sweep``) also measures K models trained together, as a sweep
@@ -66,10 +66,11 @@ def measure(
     import numpy as np
 
     from vae_jax import config as config_lib
-    from vae_jax import conv_ops, flops, parallel
-    from vae_jax.models import make_model
-    from vae_jax.train import EpochTrainer, stack
-    from vae_jax.train_step import init_state, make_optimizer, zero_sums
+    from vae_jax import parallel
+    from vae_jax.core import conv_ops, flops
+    from vae_jax.core.models import make_model
+    from vae_jax.core.train_step import init_state, make_optimizer, zero_sums
+    from vae_jax.training.loop import EpochTrainer, stack
 
     config = config_lib.load_experiment(experiment)
     config = config_lib.apply_overrides(config, config_lib.split_override_args(overrides))

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             if rest:
                 raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
-            from vae_jax.sweep_grid import available_sweeps
+            from vae_jax.sweeps.grid import available_sweeps
 
             print("\n".join(config_lib.available_experiments()))
             sweeps = available_sweeps()
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("sweeps: " + ", ".join(sweeps))
             return 0
         if args.command == "sweep":
-            from vae_jax.sweep import run_sweep
+            from vae_jax.sweeps.runner import run_sweep
 
             overrides = config_lib.split_override_args(rest)
             run_sweep(args.sweep, overrides, args.shard, args.vmap, args.workdir)
@@ -120,12 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             if not Path(workdir).exists():  # then a wrong name is the likelier mistake
                 config_lib.experiment_path(args.experiment)
-            from vae_jax.run_eval import evaluate_run
+            from vae_jax.evaluation.run import evaluate_run
 
             evaluate_run(workdir, overrides, step=args.step)
             return 0
         config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), overrides)
-        from vae_jax.train import train_and_evaluate  # imports JAX: after the cheap checks
+        from vae_jax.training.loop import train_and_evaluate  # imports JAX: after the cheap checks
 
         if args.distributed or args.coordinator:
             from vae_jax.parallel import initialize_distributed

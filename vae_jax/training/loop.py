@@ -1,4 +1,4 @@
-"""Training: the loop around the pure step of :mod:`vae_jax.train_step` (the imperative shell).
+"""Training: the loop around the pure step of :mod:`vae_jax.core.train_step` (the imperative shell).
 
 The loop syncs with the host once per epoch and whenever it saves; the step is compiled once,
 ahead of time; the step loop runs under ``jax.transfer_guard("disallow")``. A checkpoint is
@@ -24,22 +24,11 @@ from tqdm import tqdm
 
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
-from vae_jax import figures, objectives, parallel, rng, run_eval
-from vae_jax.checkpoints import Checkpointer, Restored
-from vae_jax.conv_ops import compile_fast
-from vae_jax.errors import (
-    ConfigError,
-    DataError,
-    NonFiniteError,
-    OutputError,
-    TrainingInterrupted,
-)
-from vae_jax.evaluate import make_test_evaluator
-from vae_jax.models import VAE, make_model
-from vae_jax.reporting import MetricsWriter, is_writer
-from vae_jax.restore import saved_like
-from vae_jax.stopping import StopRequest
-from vae_jax.train_step import (
+from vae_jax import parallel
+from vae_jax.core import objectives, rng
+from vae_jax.core.conv_ops import compile_fast
+from vae_jax.core.models import VAE, make_model
+from vae_jax.core.train_step import (
     TRAIN_METRICS,
     EpochSums,
     TrainState,
@@ -49,7 +38,21 @@ from vae_jax.train_step import (
     make_train_step,
     zero_sums,
 )
-from vae_jax.workdir import Workdir
+from vae_jax.errors import (
+    ConfigError,
+    DataError,
+    NonFiniteError,
+    OutputError,
+    TrainingInterrupted,
+)
+from vae_jax.evaluation import run as run_eval
+from vae_jax.evaluation.evaluators import make_test_evaluator
+from vae_jax.evaluation.trained_run import saved_like
+from vae_jax.outputs import plots as figures
+from vae_jax.outputs.checkpoints import Checkpointer, Restored
+from vae_jax.outputs.metrics import MetricsWriter, is_writer
+from vae_jax.outputs.workdir import Workdir
+from vae_jax.training.stopping import StopRequest
 
 NUM_FIGURE_IMAGES = 64
 

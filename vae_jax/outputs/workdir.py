@@ -24,7 +24,7 @@ import ml_collections
 from vae_jax import config as config_lib
 from vae_jax.atomic_io import write_json
 from vae_jax.errors import ConfigError, WorkdirError
-from vae_jax.reporting import is_writer
+from vae_jax.outputs.metrics import is_writer
 
 LOCK_NAME = ".lock"
 

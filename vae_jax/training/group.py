@@ -1,7 +1,8 @@
 """Several runs trained together: one compiled step, ``jax.vmap``-ed over their states.
 
 The runs' configs may differ only in ``seed`` and ``model.noise_scale``; each run keeps its own
-workdir, checkpoints, metrics and figures, written as :func:`vae_jax.train.train_and_evaluate`
+workdir, checkpoints, metrics and figures, written as
+:func:`vae_jax.training.loop.train_and_evaluate`
 writes them, so any of them can later be resumed, evaluated or extended on its own.
 """
 
@@ -13,11 +14,13 @@ import jax
 import ml_collections
 
 from vae_jax import data as data_lib
-from vae_jax import parallel, run_eval
-from vae_jax.checkpoints import Checkpointer
+from vae_jax import parallel
 from vae_jax.errors import ConfigError
-from vae_jax.sweep import group_key
-from vae_jax.train import (
+from vae_jax.evaluation import run as run_eval
+from vae_jax.outputs.checkpoints import Checkpointer
+from vae_jax.outputs.workdir import Workdir
+from vae_jax.sweeps.runner import group_key
+from vae_jax.training.loop import (
     Member,
     check_config,
     create_workdir,
@@ -25,7 +28,6 @@ from vae_jax.train import (
     restore_newest,
     train_members,
 )
-from vae_jax.workdir import Workdir
 
 
 def train_group(

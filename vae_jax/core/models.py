@@ -3,7 +3,7 @@
 An encoder maps images ``[B, H, W, C]`` (floats in [0, 1]) to the mean and the log-variance of a
 diagonal Gaussian q(z|x): ``stddev = exp(logvar / 2)`` is positive by construction and the KL
 term is stable in ``logvar``. A decoder maps latents ``[B, latent_dim]`` to pixel logits
-``[B, H, W, C]``. Sampling lives in :mod:`vae_jax.objectives`, so both are deterministic.
+``[B, H, W, C]``. Sampling lives in :mod:`vae_jax.core.objectives`, so both are deterministic.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import conv_ops
+from vae_jax.core import conv_ops
 
 # The seed (kvfrans/variational-autoencoder, ops.py) initializes conv and transposed-conv
 # kernels with a truncated normal and dense matrices with a normal, both of stddev 0.02, and
@@ -29,7 +29,7 @@ CONV_IMAGE_SHAPE = (28, 28, 1)
 class Stride2Conv(nn.Module):
     """A 5x5 stride-2 SAME conv (``transpose=False``, with bias) or transposed conv (no bias),
     with the parameters of ``nn.Conv`` / ``nn.ConvTranspose`` and the math of
-    :mod:`vae_jax.conv_ops` implementation ``impl`` (``native`` or ``space_to_depth``)."""
+    :mod:`vae_jax.core.conv_ops` implementation ``impl`` (``native`` or ``space_to_depth``)."""
 
     features: int
     transpose: bool = False
@@ -50,7 +50,7 @@ class Stride2Conv(nn.Module):
 class ConvEncoder(nn.Module):
     """The seed's encoder: two 5x5 stride-2 SAME convs (1->16->32), leaky ReLU 0.2, two heads.
 
-    ``conv_impl``: how the convs are computed (:func:`vae_jax.conv_ops.resolve` names).
+    ``conv_impl``: how the convs are computed (:func:`vae_jax.core.conv_ops.resolve` names).
     """
 
     latent_dim: int

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy.stats import norm
 
 from vae_jax.atomic_io import atomic_write
-from vae_jax.figures import make_grid, plt
+from vae_jax.outputs.plots import make_grid, plt
 
 Decode = Callable[[np.ndarray], np.ndarray]
 TRAVERSAL_STEPS = 9  # from -3 to +3 stddevs

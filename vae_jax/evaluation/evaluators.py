@@ -21,9 +21,10 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from vae_jax import iwae, objectives, parallel, rng
+from vae_jax import parallel
+from vae_jax.core import iwae, objectives, rng
+from vae_jax.core.models import VAE
 from vae_jax.data import to_float
-from vae_jax.models import VAE
 
 EVAL_METRICS = ("neg_elbo", "recon", "kl")
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Var_x(E_q[z_d | x]) above this

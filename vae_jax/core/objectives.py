@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax.models import VAE
+from vae_jax.core.models import VAE
 
 
 class Terms(NamedTuple):

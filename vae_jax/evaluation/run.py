@@ -19,19 +19,22 @@ import numpy as np
 
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
-from vae_jax import figures, latent_figures, objectives, parallel, rng
+from vae_jax import parallel
 from vae_jax.atomic_io import write_json
+from vae_jax.core import objectives, rng
+from vae_jax.core.models import VAE
 from vae_jax.errors import ConfigError, DataError
-from vae_jax.evaluate import (
+from vae_jax.evaluation.evaluators import (
     ACTIVE_UNIT_THRESHOLD,
     make_iwae_evaluator,
     make_latent_evaluator,
     make_test_evaluator,
 )
-from vae_jax.models import VAE
-from vae_jax.reporting import is_writer
-from vae_jax.restore import restore_run
-from vae_jax.workdir import Workdir
+from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.outputs import latent_plots as latent_figures
+from vae_jax.outputs import plots as figures
+from vae_jax.outputs.metrics import is_writer
+from vae_jax.outputs.workdir import Workdir
 
 NUM_FIGURE_IMAGES = 64
 NUM_TRAVERSAL_DIMS = 10

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_jax import figures
 from vae_jax.atomic_io import atomic_write, atomic_write_text
-from vae_jax.reporting import read_jsonl
-from vae_jax.sweep_grid import Sweep, point_name
+from vae_jax.outputs import plots as figures
+from vae_jax.outputs.metrics import read_jsonl
+from vae_jax.sweeps.grid import Sweep, point_name
 
 COLUMNS = (
     "point",

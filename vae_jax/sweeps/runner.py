@@ -19,11 +19,11 @@ from pathlib import Path
 import ml_collections
 
 from vae_jax import config as config_lib
-from vae_jax import sweep_grid
 from vae_jax.errors import ConfigError, NonFiniteError
-from vae_jax.reporting import read_jsonl
-from vae_jax.sweep_grid import Point
-from vae_jax.workdir import Workdir
+from vae_jax.outputs.metrics import read_jsonl
+from vae_jax.outputs.workdir import Workdir
+from vae_jax.sweeps import grid as sweep_grid
+from vae_jax.sweeps.grid import Point
 
 VMAP_MODES = ("auto", "on", "off")
 VMAPPED_KEYS = ("seed", "model.noise_scale")
@@ -102,9 +102,9 @@ def run_sweep(
     import jax  # after the cheap checks
 
     from vae_jax import data as data_lib
-    from vae_jax import sweep_summary
-    from vae_jax.group_train import train_group
-    from vae_jax.train import train_and_evaluate
+    from vae_jax.sweeps import summary as sweep_summary
+    from vae_jax.training.group import train_group
+    from vae_jax.training.loop import train_and_evaluate
 
     load_data = load_data or data_lib.load_dataset
     finished, units = plan(mine, root, vmap, jax.default_backend())

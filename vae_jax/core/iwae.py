@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import objectives
-from vae_jax.models import VAE
+from vae_jax.core import objectives
+from vae_jax.core.models import VAE
 
 LOG_2PI = math.log(2.0 * math.pi)
 

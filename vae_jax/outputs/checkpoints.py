@@ -1,7 +1,7 @@
 """Verified Orbax checkpoints of the training loop's state, with fallback past damaged ones.
 
 Each checkpoint is a step folder in ``<workdir>/checkpoints`` holding two items: ``state`` (a
-pytree: the :class:`~vae_jax.train.TrainState` and the running sums of the epoch's metrics)
+pytree: the :class:`~vae_jax.training.loop.TrainState` and the running sums of the epoch's metrics)
 and ``meta`` (JSON: epoch, step, image shape, the per-epoch metrics history, and the sha256 of
 the state's bytes).
 

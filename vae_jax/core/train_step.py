@@ -18,8 +18,9 @@ import optax
 from jax.sharding import Mesh
 
 from vae_jax import data as data_lib
-from vae_jax import objectives, parallel, rng
-from vae_jax.models import VAE, init_params, make_model
+from vae_jax import parallel
+from vae_jax.core import objectives, rng
+from vae_jax.core.models import VAE, init_params, make_model
 
 TRAIN_METRICS = ("loss", "recon", "kl")
 

@@ -138,7 +138,7 @@ def _with_gradients(forward: Callable, input_grad: Callable, doc: str) -> Callab
     """``forward(x, kernel)`` with a custom VJP: the input gradient is
     ``input_grad(g, flip_swap(kernel))`` and the kernel gradient is the autodiff one of
     ``forward`` (both stride-2 ops here are linear in the kernel). Under ``jax.vmap`` (models
-    trained together, see :mod:`vae_jax.sweep`) both passes loop over the models."""
+    trained together, see :mod:`vae_jax.sweeps.runner`) both passes loop over the models."""
 
     def gradients(x, kernel, g):
         dx = input_grad(g, _flip_swap(kernel))

@@ -10,11 +10,11 @@ from jax.sharding import Mesh
 
 from vae_jax import config as config_lib
 from vae_jax import parallel
-from vae_jax.checkpoints import Checkpointer
+from vae_jax.core.models import VAE, make_model
+from vae_jax.core.train_step import TrainState, abstract_state, replicated_like, zero_sums
 from vae_jax.errors import ConfigError
-from vae_jax.models import VAE, make_model
-from vae_jax.train_step import TrainState, abstract_state, replicated_like, zero_sums
-from vae_jax.workdir import Workdir
+from vae_jax.outputs.checkpoints import Checkpointer
+from vae_jax.outputs.workdir import Workdir
 
 
 def saved_like(config: ml_collections.ConfigDict, meta: dict, mesh: Mesh) -> dict:

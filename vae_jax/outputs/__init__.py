@@ -1,0 +1,1 @@
+"""What a run writes: its workdir (layout, lock), checkpoints, metrics and plots."""

@@ -1,0 +1,1 @@
+"""Sweeps: grid files expanded into named points, the runner, and the summary."""
