@@ -12,7 +12,7 @@ from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
 from vae_jax.evaluation.trained_run import restore_run
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 
 def noise_shards_differ() -> bool:

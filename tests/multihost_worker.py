@@ -11,7 +11,7 @@ from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
 from vae_jax.evaluation.trained_run import restore_run
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 
 def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:

@@ -22,21 +22,21 @@ def test_seed_conv_flops_closed_form():
         14 * 14 * 16 * 25 + 7 * 7 * 32 * 25 * 16 + 2 * 1568 * 20 + 20 * 1568
         + 7 * 7 * 32 * 25 * 16 + 14 * 14 * 16 * 25
     )  # fmt: skip
-    assert flops.forward_flops(base_config().model, (28, 28, 1)) == want == 3_010_560
-    assert flops.train_flops(base_config().model, (28, 28, 1)) == 3 * want
+    assert flops.forward_flops((28, 28, 1), **base_config().model) == want == 3_010_560
+    assert flops.train_flops((28, 28, 1), **base_config().model) == 3 * want
 
 
 @pytest.mark.parametrize("experiment", ["mnist_mlp_z20", "bmnist_mlp_burda"])
 def test_mlp_flops_match_xla_cost_analysis(experiment):
     config = load_experiment(experiment).model
-    model = make_model(config, (28, 28, 1))
+    model = make_model((28, 28, 1), **config)
     params = init_params(model, jax.random.key(0), (28, 28, 1))
     x = jnp.zeros((1, 28, 28, 1))
     cost = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
     analysis = cost.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     # __call__ decodes the mean: XLA drops the unused logvar head.
-    want = flops.forward_flops(config, (28, 28, 1)) - 2 * config.mlp_hidden_dims[-1] * (
+    want = flops.forward_flops((28, 28, 1), **config) - 2 * config.mlp_hidden_dims[-1] * (
         config.latent_dim
     )
     assert analysis["flops"] == pytest.approx(want, rel=0.02)

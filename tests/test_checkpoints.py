@@ -8,15 +8,18 @@ import pytest
 from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
-from vae_jax.core.train_step import abstract_state
+from vae_jax.core.models import make_model
+from vae_jax.core.train_step import checkpoint_like, make_optimizer
 from vae_jax.errors import CheckpointError
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.checkpoints import Checkpointer, tree_sha256
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 
 def _random_state(seed=0):
-    like = abstract_state(small_config(), (28, 28, 1), parallel.make_mesh())
+    model = make_model((28, 28, 1), **small_config().model)
+    repl = parallel.replicated(parallel.make_mesh())
+    like = checkpoint_like(model, make_optimizer(1e-3), (28, 28, 1), repl)
     leaves, treedef = jax.tree.flatten(like)
     rng = np.random.default_rng(seed)
     return like, jax.tree.unflatten(

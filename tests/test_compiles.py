@@ -6,7 +6,8 @@ import logging
 import jax
 from conftest import small_config, synthetic_dataset
 
-from vae_jax.training import loop as train
+from vae_jax.training import loop
+from vae_jax.training.run import train_and_evaluate
 
 EPOCH_END = "<epoch end>"
 
@@ -24,19 +25,19 @@ class _Compiles(logging.Handler):
 
 def test_no_compilation_after_the_first_epoch(tmp_path, monkeypatch):
     handler = _Compiles()
-    format_epoch = train._format_epoch
+    format_epoch = loop.format_epoch
 
     def marked(record, num_epochs):  # called once per finished epoch, after its checkpoint
         handler.events.append(EPOCH_END)
         return format_epoch(record, num_epochs)
 
-    monkeypatch.setattr(train, "_format_epoch", marked)
+    monkeypatch.setattr(loop, "format_epoch", marked)
     logger = logging.getLogger("jax")
     logger.addHandler(handler)
     try:
         with jax.log_compiles():
             config = small_config(train__num_epochs=3)
-            train.train_and_evaluate(config, tmp_path / "run", synthetic_dataset())
+            train_and_evaluate(config, tmp_path / "run", synthetic_dataset())
     finally:
         logger.removeHandler(handler)
     events = handler.events

@@ -73,11 +73,12 @@ def test_conv_vae_same_loss_and_gradients_under_every_impl():
     for impl in ("native", "space_to_depth"):
         config = base_config().model
         config.conv_impl = impl
-        model = make_model(config, (28, 28, 1))
+        model = make_model((28, 28, 1), **config)
         params = init_params(model, jax.random.key(2), (28, 28, 1))
 
         def loss(params, model=model, config=config):
-            return objectives.training_loss(model, params, x, key, config)[0]
+            log_lik = objectives.log_likelihood("bernoulli", 0.1)
+            return objectives.training_loss(model, params, x, key, log_lik, 1.0)[0]
 
         results[impl] = (params, *jax.value_and_grad(loss)(params))
     (p_native, l_native, g_native), (p_fast, l_fast, g_fast) = results.values()

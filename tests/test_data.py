@@ -12,6 +12,7 @@ import pytest
 
 from vae_jax import data
 from vae_jax.config import base_config
+from vae_jax.core import pixels
 
 # Label counts of the MNIST database (LeCun et al.), train and test.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -127,8 +128,8 @@ def test_subsets_and_static_binarization(mnist_dir):
 
 def test_dynamic_binarize_is_fresh_per_key_and_unbiased():
     x = jnp.full((64, 28, 28, 1), 0.3)
-    a = data.dynamic_binarize(jax.random.key(0), x)
-    b = data.dynamic_binarize(jax.random.key(1), x)
+    a = pixels.dynamic_binarize(jax.random.key(0), x)
+    b = pixels.dynamic_binarize(jax.random.key(1), x)
     assert set(np.unique(np.asarray(a)).tolist()) == {0.0, 1.0}
     assert not np.array_equal(a, b)
     assert float(a.mean()) == pytest.approx(0.3, abs=0.01)
@@ -176,7 +177,7 @@ def test_custom_dataset_errors_come_before_anything_is_written(tmp_path):
     from conftest import small_config, synthetic_dataset
 
     from vae_jax.errors import ConfigError
-    from vae_jax.training.loop import train_and_evaluate
+    from vae_jax.training.run import train_and_evaluate
 
     bad = synthetic_dataset(64, 32)._replace(train_images=np.zeros((64, 28, 28), np.float64))
     with pytest.raises(data.DataError, match="expected uint8 images"):

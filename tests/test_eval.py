@@ -15,18 +15,18 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 from vae_jax import parallel
-from vae_jax.core import iwae, rng
+from vae_jax.core import objectives, rng
 from vae_jax.core.models import VAE, init_params, make_model
 from vae_jax.errors import ConfigError
 from vae_jax.evaluation.evaluators import (
+    iwae_bound,
     iwae_chunking,
-    make_iwae_evaluator,
-    make_latent_evaluator,
+    latent_stats,
     make_test_evaluator,
 )
 from vae_jax.evaluation.run import evaluate_run
 from vae_jax.evaluation.trained_run import restore_run
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 VOLATILE = {"seconds", "iwae_seconds", "peak_host_rss_bytes", "workdir"}
 
@@ -42,11 +42,38 @@ def trained(tmp_path_factory):
     return workdir, config, model, state, dataset
 
 
-def _iwae(model, config, images, root, params, **eval_overrides):
-    config = config.copy_and_resolve_references()
-    for key, value in eval_overrides.items():
-        config.eval[key] = value
-    return make_iwae_evaluator(model, config, images, parallel.make_mesh(), root)(params)
+def _objective(config):
+    m = config.model
+    return {
+        "log_lik": objectives.log_likelihood(m.likelihood, m.obs_stddev),
+        "noise_scale": m.noise_scale,
+    }
+
+
+def _iwae(model, config, images, root, params, iwae_k=None, iwae_pairs_per_call=None):
+    return iwae_bound(
+        model,
+        params,
+        images,
+        parallel.make_mesh(),
+        root,
+        **_objective(config),
+        latent_dim=config.model.latent_dim,
+        k=iwae_k or config.eval.iwae_k,
+        pairs_per_call=iwae_pairs_per_call or config.eval.iwae_pairs_per_call,
+    )
+
+
+def _elbo(model, config, images, root):
+    return make_test_evaluator(
+        model,
+        images,
+        parallel.make_mesh(),
+        root,
+        **_objective(config),
+        batch_size=config.eval.batch_size,
+        num_samples=config.eval.num_samples,
+    )
 
 
 def _numpy_log_weights(model, params, config, x_u8, eps):
@@ -79,7 +106,8 @@ def test_k1_bound_equals_the_single_sample_elbo_of_the_same_noise(trained):
     result = _iwae(model, config, images, state.root, state.params, iwae_k=1)
     key = rng.stream(state.root, rng.Stream.IWAE)
     eps = np.asarray(
-        iwae.sample_eps(key, jnp.arange(40), jnp.arange(1), config.model.latent_dim), np.float64
+        objectives.importance_noise(key, jnp.arange(40), jnp.arange(1), config.model.latent_dim),
+        np.float64,
     )
     expected = _numpy_log_weights(model, state.params, config, images, eps)[:, 0]
     np.testing.assert_allclose(result.bounds, expected, rtol=1e-5, atol=1e-3)
@@ -93,7 +121,9 @@ def test_bound_does_not_depend_on_chunking(trained):
     assert (a.images_per_call, a.samples_per_call) != (b.images_per_call, b.samples_per_call)
     np.testing.assert_allclose(a.bounds, b.bounds, rtol=1e-6)
     key = rng.stream(state.root, rng.Stream.IWAE)
-    eps = np.asarray(iwae.sample_eps(key, jnp.arange(37), jnp.arange(24), config.model.latent_dim))
+    eps = np.asarray(
+        objectives.importance_noise(key, jnp.arange(37), jnp.arange(24), config.model.latent_dim)
+    )
     log_w = _numpy_log_weights(model, state.params, config, images, eps)
     np.testing.assert_allclose(a.bounds, logsumexp(log_w, axis=1) - math.log(24), rtol=1e-5)
 
@@ -102,7 +132,9 @@ def test_iwae_is_above_the_elbo_and_grows_with_k(trained):
     _, config, model, state, dataset = trained
     images = dataset.test_images[:64]
     key = rng.stream(state.root, rng.Stream.IWAE)
-    eps = np.asarray(iwae.sample_eps(key, jnp.arange(64), jnp.arange(256), config.model.latent_dim))
+    eps = np.asarray(
+        objectives.importance_noise(key, jnp.arange(64), jnp.arange(256), config.model.latent_dim)
+    )
     log_w = _numpy_log_weights(model, state.params, config, images, eps)
     # Averaging the k-sample bound over the 256/k disjoint groups of the same draws makes it
     # non-decreasing in k for every image (concavity of log), starting at the ELBO (k=1).
@@ -120,7 +152,7 @@ def test_iwae_is_above_the_elbo_and_grows_with_k(trained):
     for low, high in itertools.pairwise(results):
         diff = high.bounds - low.bounds
         assert diff.mean() > -3 * diff.std(ddof=1) / math.sqrt(len(diff))
-    elbo = make_test_evaluator(model, config, images, parallel.make_mesh(), state.root)
+    elbo = _elbo(model, config, images, state.root)
     assert -results[-1].nll > -elbo(state.params)["neg_elbo"]
 
 
@@ -147,7 +179,7 @@ def test_bound_of_a_prior_posterior_and_constant_decoder_is_the_exact_likelihood
     config = small_config(model__arch=arch, model__noise_scale=noise_scale, eval__iwae_k=7)
     dataset = synthetic_dataset(n_test=20)
     images = (dataset.test_images > 127).astype(np.uint8) * 255  # binary: a true likelihood
-    model = make_model(config.model, images.shape[1:])
+    model = make_model(images.shape[1:], **config.model)
     params = _collapse(init_params(model, jax.random.key(3), images.shape[1:]), noise_scale)
     root = rng.root_key(0)
     logits = np.asarray(
@@ -159,10 +191,12 @@ def test_bound_of_a_prior_posterior_and_constant_decoder_is_the_exact_likelihood
 
     result = _iwae(model, config, images, root, params)
     np.testing.assert_allclose(result.bounds, exact, rtol=1e-5)
-    stats = make_latent_evaluator(model, config, images, parallel.make_mesh())(params)
+    stats = latent_stats(
+        model, params, images, parallel.make_mesh(), noise_scale=noise_scale, batch_size=64
+    )
     assert stats.active_units == 0
     assert stats.rate == pytest.approx(0.0, abs=1e-6)
-    elbo = make_test_evaluator(model, config, images, parallel.make_mesh(), root)(params)
+    elbo = _elbo(model, config, images, root)(params)
     assert -elbo["neg_elbo"] == pytest.approx(exact.mean(), rel=1e-5)
     assert elbo["kl"] == pytest.approx(0.0, abs=1e-5)
 

@@ -14,7 +14,7 @@ from vae_jax.core.models import VAE, init_params, make_model
 def test_shapes(arch, latent_dim):
     config = base_config().model
     config.arch, config.latent_dim = arch, latent_dim
-    model = make_model(config, (28, 28, 1))
+    model = make_model((28, 28, 1), **config)
     params = init_params(model, jax.random.key(0), (28, 28, 1))
     x = jnp.zeros((3, 28, 28, 1))
     mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
@@ -25,7 +25,7 @@ def test_shapes(arch, latent_dim):
 
 def test_seed_conv_parameter_shapes():
     """The seed's layers: two 5x5 convs, two 20-d heads, dense to 7x7x32, two bias-free deconvs."""
-    model = make_model(base_config().model, (28, 28, 1))
+    model = make_model((28, 28, 1), **base_config().model)
     params = init_params(model, jax.random.key(0), (28, 28, 1))
     shapes = {
         "/".join(k.key for k in path): v.shape
@@ -56,7 +56,7 @@ def test_seed_conv_parameter_shapes():
 def test_mlp_matches_flax_example_layout():
     config = base_config().model
     config.arch = "mlp"
-    params = init_params(make_model(config, (28, 28, 1)), jax.random.key(0), (28, 28, 1))
+    params = init_params(make_model((28, 28, 1), **config), jax.random.key(0), (28, 28, 1))
     shapes = {
         "/".join(k.key for k in path): v.shape
         for path, v in jax.tree_util.tree_leaves_with_path(params)
@@ -69,4 +69,4 @@ def test_mlp_matches_flax_example_layout():
 
 def test_conv_rejects_other_image_shapes():
     with pytest.raises(ValueError, match="28x28x1"):
-        make_model(base_config().model, (32, 32, 3))
+        make_model((32, 32, 3), **base_config().model)

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from conftest import run_cli, small_config, synthetic_dataset
 
-from vae_jax import data as data_lib
-from vae_jax.core import rng
+from vae_jax.core import pixels, rng
 from vae_jax.core.train_step import epoch_permutation
 from vae_jax.errors import NonFiniteError
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.checkpoints import Checkpointer
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 POISON = 13  # a pixel value the synthetic images (0 or 255) never have
 
@@ -23,13 +22,13 @@ def test_poisoned_batch_stops_the_run_before_any_bad_save(tmp_path, monkeypatch)
     perm = np.asarray(epoch_permutation(rng.root_key(config.seed), 0, len(data.train_images)))
     poisoned = int(perm[5 * config.train.batch_size + 7])  # in the batch of step 5
     data.train_images[poisoned, 0, 0, 0] = POISON
-    to_float = data_lib.to_float
+    to_float = pixels.to_float
 
     def poisoning_to_float(images):
         bad = jnp.any(images == POISON, axis=(1, 2, 3), keepdims=True)
         return jnp.where(bad, jnp.nan, to_float(images))
 
-    monkeypatch.setattr(data_lib, "to_float", poisoning_to_float)
+    monkeypatch.setattr(pixels, "to_float", poisoning_to_float)
     with pytest.raises(NonFiniteError) as e:
         train_and_evaluate(config, tmp_path, data)
     message = str(e.value)

@@ -64,10 +64,15 @@ def test_gaussian_log_prob_matches_scipy():
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5)
 
 
+def _objective(config):
+    m = config.model
+    return objectives.log_likelihood(m.likelihood, m.obs_stddev), m.noise_scale
+
+
 def _model_and_params(**model_overrides):
     config = base_config()
     config.model.update(model_overrides)
-    model = make_model(config.model, (28, 28, 1))
+    model = make_model((28, 28, 1), **config.model)
     return config, model, init_params(model, jax.random.key(0), (28, 28, 1))
 
 
@@ -75,8 +80,8 @@ def test_training_loss_is_batch_mean_of_per_image_terms():
     config, model, params = _model_and_params()
     x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
     key = jax.random.key(2)
-    terms = objectives.elbo_terms(model, params, x, key, config.model)
-    loss, metrics = objectives.training_loss(model, params, x, key, config.model)
+    terms = objectives.elbo_terms(model, params, x, key, *_objective(config))
+    loss, metrics = objectives.training_loss(model, params, x, key, *_objective(config))
     assert terms.recon.shape == terms.kl.shape == (6,)
     np.testing.assert_allclose(
         float(loss), float(jnp.mean(terms.recon + terms.kl_objective)), rtol=1e-6
@@ -96,7 +101,7 @@ def test_reported_kl_uses_the_distribution_actually_sampled():
     config, model, params = _model_and_params(noise_scale=s)
     x = jax.random.uniform(jax.random.key(3), (2, 28, 28, 1))
     mean, logvar = model.apply({"params": params}, x, method="encode")
-    terms = objectives.elbo_terms(model, params, x, jax.random.key(4), config.model)
+    terms = objectives.elbo_terms(model, params, x, jax.random.key(4), *_objective(config))
 
     n = 200_000
     std = s * np.exp(0.5 * np.asarray(logvar, np.float64))
@@ -117,7 +122,7 @@ def test_reconstruction_term_uses_the_scaled_noise():
     config, model, params = _model_and_params(noise_scale=0.5)
     x = jax.random.uniform(jax.random.key(6), (3, 28, 28, 1))
     key = jax.random.key(7)
-    terms = objectives.elbo_terms(model, params, x, key, config.model)
+    terms = objectives.elbo_terms(model, params, x, key, *_objective(config))
     mean, logvar = model.apply({"params": params}, x, method="encode")
     eps = jax.random.normal(key, mean.shape)
     logits = model.apply(
@@ -131,7 +136,7 @@ def test_gaussian_likelihood_terms():
     config, model, params = _model_and_params(likelihood="gaussian", obs_stddev=0.2)
     x = jax.random.uniform(jax.random.key(8), (2, 28, 28, 1))
     key = jax.random.key(9)
-    terms = objectives.elbo_terms(model, params, x, key, config.model)
+    terms = objectives.elbo_terms(model, params, x, key, *_objective(config))
     mean, logvar = model.apply({"params": params}, x, method="encode")
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
     mu = jax.nn.sigmoid(model.apply({"params": params}, z, method="decode"))

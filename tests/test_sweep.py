@@ -14,9 +14,8 @@ from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.metrics import read_jsonl
 from vae_jax.sweeps import runner as sweep_lib
 from vae_jax.sweeps.grid import expand, load_sweep_spec, parse_shard, shard
-from vae_jax.training import loop as train_lib
-from vae_jax.training.group import train_group
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training import loop as loop_lib
+from vae_jax.training.run import Run, train_and_evaluate, train_together
 
 TINY_OVERRIDES = {
     "data.train_size": 128,
@@ -123,13 +122,12 @@ def test_tiny_sweep_end_to_end_in_two_shards_then_nothing_to_do(tmp_path, monkey
         return data
 
     trained = []
-    real = train_lib.train_members
+    real = loop_lib.train
     monkeypatch.setattr(
-        train_lib,
-        "train_members",
+        loop_lib,
+        "train",
         lambda members, *a: trained.extend(m.name for m in members) or real(members, *a),
     )
-    monkeypatch.setattr("vae_jax.training.group.train_members", train_lib.train_members)
     sweep_lib.run_sweep(path, shard="0/2", vmap="on", root=root, load_data=load)
     first = list(trained)
     sweep_lib.run_sweep(path, shard="1/2", vmap="on", root=root, load_data=load)
@@ -165,8 +163,8 @@ def test_runs_trained_together_equal_runs_trained_alone(tmp_path, arch):
         c = small_config(model__arch=arch, model__noise_scale=scale, seed=seed)
         c.train.num_epochs = 1
         configs.append(c)
-    together = [(c, tmp_path / f"together{i}", f"p{i}") for i, c in enumerate(configs)]
-    assert train_group(together, data)
+    together = [Run(c, tmp_path / f"together{i}", f"p{i}") for i, c in enumerate(configs)]
+    assert train_together(together, data) is not None
     for i, c in enumerate(configs):
         alone = tmp_path / f"alone{i}"
         train_and_evaluate(c, alone, dataset=data)
@@ -193,7 +191,7 @@ def test_group_at_different_steps_is_trained_one_by_one(tmp_path):
     c1 = small_config(seed=1)
     c0.train.num_epochs = c1.train.num_epochs = 1
     train_and_evaluate(c0, tmp_path / "a", dataset=data)  # one run is ahead
-    assert not train_group([(c0, tmp_path / "a", "a"), (c1, tmp_path / "b", "b")], data)
+    assert train_together([Run(c0, tmp_path / "a"), Run(c1, tmp_path / "b")], data) is None
     assert not (tmp_path / "b").exists()  # nothing written for the other
 
 

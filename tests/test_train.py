@@ -13,7 +13,7 @@ from vae_jax import parallel
 from vae_jax.config import ConfigError, to_json_dict
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.metrics import read_jsonl, tensorboard_scalars
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 
 def _tensorboard_scalars(logdir) -> set:
@@ -110,12 +110,21 @@ def test_outputs_of_a_run(tmp_path, data):
 
 def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
     """Evaluating the saved parameters again gives the logged test -ELBO exactly."""
+    from vae_jax.core import objectives
     from vae_jax.evaluation.evaluators import make_test_evaluator
 
     history = train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
     config, model, state, _ = restore_run(tmp_path)
+    m = config.model
     evaluate = make_test_evaluator(
-        model, config, data.test_images, parallel.make_mesh(), state.root
+        model,
+        data.test_images,
+        parallel.make_mesh(),
+        state.root,
+        log_lik=objectives.log_likelihood(m.likelihood, m.obs_stddev),
+        noise_scale=m.noise_scale,
+        batch_size=config.eval.batch_size,
+        num_samples=config.eval.num_samples,
     )
     assert evaluate(state.params)["neg_elbo"] == history[-1]["test_neg_elbo_nats"]
 

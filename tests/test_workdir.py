@@ -15,7 +15,7 @@ from vae_jax.errors import ConfigError, DataError, WorkdirError
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
-from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.run import train_and_evaluate
 
 
 def test_second_process_refuses_and_a_killed_one_leaves_no_stale_lock(tmp_path):

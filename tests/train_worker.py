@@ -24,12 +24,13 @@ from orbax.checkpoint._src.path import atomicity
 
 from vae_jax.errors import VaeJaxError
 from vae_jax.outputs.checkpoints import Checkpointer
-from vae_jax.training import loop as train
+from vae_jax.training import loop
+from vae_jax.training.run import train_and_evaluate
 
 
 def _install_hooks(args: argparse.Namespace) -> None:
     if args.step_delay:
-        run = train.EpochTrainer.run
+        run = loop.EpochTrainer.run
 
         def announcing_run(self, state, sums, epoch, start, pause):
             def announce(step):
@@ -39,7 +40,7 @@ def _install_hooks(args: argparse.Namespace) -> None:
 
             return run(self, state, sums, epoch, start, announce)
 
-        train.EpochTrainer.run = announcing_run
+        loop.EpochTrainer.run = announcing_run
 
     if args.hang_in_save is not None:
         finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -89,7 +90,7 @@ def main() -> int:
         checkpoint__max_to_keep=args.keep,
     )
     try:
-        train.train_and_evaluate(config, args.workdir, synthetic_dataset())
+        train_and_evaluate(config, args.workdir, synthetic_dataset())
     except VaeJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

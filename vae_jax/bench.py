@@ -6,8 +6,8 @@ from the command's start to the first finished step and the peak host memory are
 process runs the real training loop (:class:`vae_jax.training.loop.EpochTrainer`: data on
 the device, the step compiled once, no host syncs but once per repetition): one warm-up
 repetition, then ``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH``
-also writes the records. Nothing is written anywhere else. Config overrides apply to every experiment, e.g.
-``--config.model.conv_impl=native``.
+also writes the records. Nothing is written anywhere else. Config overrides apply to every
+experiment, e.g. ``--config.model.conv_impl=native``.
 
 ``--models 1 2 3`` (``make bench-sweep``) also measures K models trained together, as a sweep
 trains the points that differ only in seed and noise scale: the step ``jax.vmap``-ed over K
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,10 +66,11 @@ def measure(
 
     from vae_jax import config as config_lib
     from vae_jax import parallel
-    from vae_jax.core import conv_ops, flops
+    from vae_jax.core import conv_ops, flops, objectives
     from vae_jax.core.models import make_model
     from vae_jax.core.train_step import init_state, make_optimizer, zero_sums
-    from vae_jax.training.loop import EpochTrainer, stack
+    from vae_jax.outputs.metrics import peak_host_memory_bytes
+    from vae_jax.training.loop import EpochTrainer, Group
 
     config = config_lib.load_experiment(experiment)
     config = config_lib.apply_overrides(config, config_lib.split_override_args(overrides))
@@ -79,21 +79,34 @@ def measure(
     dataset, data_kind = _dataset(config, data)
     mesh = parallel.make_mesh()
     parallel.check_divisible(batch_size, mesh, "batch size")
-    model = make_model(config.model, dataset.image_shape)
-    tx = make_optimizer(config)
+    model = make_model(dataset.image_shape, **config.model)
+    tx = make_optimizer(config.train.learning_rate)
     repl = parallel.replicated(mesh)
-    configs = [config_lib.with_values(config, {"seed": i}, "bench") for i in range(models)]
-    states = [
-        jax.jit(lambda c=c: init_state(c, model, tx, dataset.image_shape), out_shardings=repl)()
-        for c in configs
-    ]
-    if models == 1:
-        state, sums, scales = states[0], zero_sums(), None
-    else:
-        state, sums = stack(states), stack([zero_sums()] * models)
-        scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
-    sums = jax.device_put(sums, repl)
-    trainer = EpochTrainer(model, tx, config, mesh, dataset.train_images, state, sums, scales)
+    group = Group(models)
+    state = group.join(
+        [
+            jax.jit(lambda s=s: init_state(s, model, tx, dataset.image_shape), out_shardings=repl)()
+            for s in range(models)
+        ]
+    )
+    sums = jax.device_put(group.join([zero_sums()] * models), repl)
+    scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
+    scales = scales if models > 1 else [config.model.noise_scale]
+    trainer = EpochTrainer(
+        model,
+        tx,
+        mesh,
+        dataset.train_images,
+        state,
+        sums,
+        group,
+        batch_size=batch_size,
+        log_every=config.train.log_every_steps,
+        num_epochs=config.train.num_epochs,
+        log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
+        dynamic_binarize=config.data.binarize == "dynamic",
+        noise_scales=scales,
+    )
     spe = trainer.steps_per_epoch
     if steps <= 0:
         steps = -(-CPU_IMAGES_PER_REP // batch_size) if jax.default_backend() == "cpu" else spe
@@ -115,7 +128,7 @@ def measure(
     repetition()  # warm-up
     rates = [repetition() for _ in range(reps)]
     median = statistics.median(rates)
-    train_flops = flops.train_flops(config.model, dataset.image_shape)
+    train_flops = flops.train_flops(dataset.image_shape, **config.model)
     device = jax.devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     return {
@@ -135,7 +148,7 @@ def measure(
         "images_per_sec_max": max(rates),
         "compile_seconds": trainer.compile_seconds,
         "first_step_unix_time": first_step_done,
-        "peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_host_memory_mib": peak_host_memory_bytes() / 2**20,
         "peak_device_memory_mib": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
         "train_mflop_per_image": train_flops / 1e6,
         "gflops_per_sec": median * train_flops / 1e9,

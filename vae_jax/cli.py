@@ -84,7 +84,6 @@ def _parser() -> argparse.ArgumentParser:
         help="train points that differ only in seed and noise scale together under jax.vmap "
         "(auto: on GPU/TPU, not on CPU; README, 'Sweeps')",
     )
-    p.add_argument("--no-vmap", dest="vmap", action="store_const", const="off")
     sub.add_parser("list", help="list the experiments and sweeps")
     return parser
 
@@ -125,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate_run(workdir, overrides, step=args.step)
             return 0
         config = config_lib.apply_overrides(config_lib.load_experiment(args.experiment), overrides)
-        from vae_jax.training.loop import train_and_evaluate  # imports JAX: after the cheap checks
+        from vae_jax.training.run import train_and_evaluate  # imports JAX: after the cheap checks
 
         if args.distributed or args.coordinator:
             from vae_jax.parallel import initialize_distributed

@@ -265,6 +265,25 @@ def diff(saved: dict[str, Any], current: ml_collections.ConfigDict) -> dict[str,
     }
 
 
+def check_resumable(
+    saved: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path
+) -> None:
+    """Refuse to resume the run saved in ``workdir`` (its ``config.json``) with ``config`` if
+    they differ in a key that may not change on resume."""
+    changed = {k: v for k, v in diff(saved, config).items() if not may_change_on_resume(k)}
+    if changed:
+        lines = "\n".join(
+            f"  {k}: {old!r} in the workdir, {new!r} now" for k, (old, new) in changed.items()
+        )
+        raise ConfigError(
+            f"workdir {workdir} holds a run with a different config:\n{lines}\n"
+            "Choose another --workdir, start anew there with --force (the old run is moved "
+            "aside, not deleted), or change only keys that may change on resume: "
+            + ", ".join(sorted(RESUMABLE_KEYS))
+            + ", eval.*"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Overrides
 

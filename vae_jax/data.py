@@ -1,8 +1,8 @@
-"""Image datasets from TFDS, decoded once into a verified uint8 cache, and on-device transforms.
+"""Image datasets from TFDS, decoded once into a verified uint8 cache; subsets and binarization.
 
 Images are kept as uint8 ``[N, H, W, C]``: grayscale intensities 0..255, or 0/255 once
 binarized. The model sees ``x = images / 255`` (floats in [0, 1]), and with dynamic
-binarization a fresh Bernoulli(x) sample per training step (see :func:`dynamic_binarize`).
+binarization a fresh Bernoulli(x) sample per training step (see :mod:`vae_jax.core.pixels`).
 
 Data are read with ``tfds.data_source`` from a prepared TFDS data dir (no TensorFlow, no
 download). Decoding 60k PNGs takes ~15 s, so the decoded arrays are cached in
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from vae_jax.atomic_io import atomic_write
+from vae_jax.core import pixels
 from vae_jax.errors import DataError
 
 CACHE_ENV = "VAE_JAX_CACHE_DIR"
@@ -173,20 +173,14 @@ def load_split(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# Binarization and transforms
-
-
-@jax.jit
-def _binarize_u8(key: jax.Array, images: jax.Array) -> jax.Array:
-    bits = jax.random.bernoulli(key, images.astype(jnp.float32) / 255.0)
-    return bits.astype(jnp.uint8) * 255
+# Subsets and binarization
 
 
 def static_binarize(images: np.ndarray, seed: int, split: str) -> np.ndarray:
     """One fixed Bernoulli sample of ``images`` (uint8 0/255), keyed by (seed, split)."""
     key = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        return np.asarray(_binarize_u8(key, images))
+        return np.asarray(pixels.binarize_u8(key, images))
 
 
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
@@ -254,13 +248,3 @@ def check_dataset(dataset: Dataset, batch_size: int) -> None:
             f"{len(dataset.train_images)} training images are fewer than one batch "
             f"(train.batch_size={batch_size})"
         )
-
-
-def to_float(images: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [0, 1]."""
-    return images.astype(jnp.float32) / 255.0
-
-
-def dynamic_binarize(key: jax.Array, x: jax.Array) -> jax.Array:
-    """A fresh Bernoulli(x) sample of float images in [0, 1], as float32 0/1."""
-    return jax.random.bernoulli(key, x).astype(jnp.float32)

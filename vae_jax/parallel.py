@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from vae_jax.config import ConfigError
+from vae_jax.errors import ConfigError
 
 AXIS = "data"
 

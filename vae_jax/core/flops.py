@@ -9,8 +9,6 @@ import itertools
 import math
 from collections.abc import Sequence
 
-import ml_collections
-
 TRAIN_STEP_FACTOR = 3
 
 
@@ -23,19 +21,19 @@ def _conv(out_hw: int, k: int, c_in: int, c_out: int) -> int:
     return 2 * out_hw * out_hw * k * k * c_in * c_out
 
 
-def forward_flops(model_config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> int:
-    """FLOPs of encoding and decoding one image (``model.arch`` conv or mlp)."""
-    z, pixels = model_config.latent_dim, math.prod(image_shape)
-    if model_config.arch == "conv":  # the seed's layers, see models.py
+def forward_flops(image_shape: Sequence[int], arch: str, latent_dim: int, **settings) -> int:
+    """FLOPs of encoding and decoding one image (arguments as :func:`make_model` takes them)."""
+    z, pixels = latent_dim, math.prod(image_shape)
+    if arch == "conv":  # the seed's layers, see core/models.py
         encoder = _conv(14, 5, 1, 16) + _conv(7, 5, 16, 32) + 2 * _dense(7 * 7 * 32, z)
         decoder = _dense(z, 7 * 7 * 32) + _conv(7, 5, 32, 16) + _conv(14, 5, 16, 1)
         return encoder + decoder
-    widths = [pixels, *model_config.mlp_hidden_dims]
+    widths = [pixels, *settings["mlp_hidden_dims"]]
     encoder = sum(_dense(a, b) for a, b in itertools.pairwise(widths)) + 2 * _dense(widths[-1], z)
-    back = [z, *reversed(model_config.mlp_hidden_dims), pixels]
+    back = [z, *reversed(settings["mlp_hidden_dims"]), pixels]
     return encoder + sum(_dense(a, b) for a, b in itertools.pairwise(back))
 
 
-def train_flops(model_config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> int:
+def train_flops(image_shape: Sequence[int], arch: str, latent_dim: int, **settings) -> int:
     """FLOPs of one training step per image."""
-    return TRAIN_STEP_FACTOR * forward_flops(model_config, image_shape)
+    return TRAIN_STEP_FACTOR * forward_flops(image_shape, arch, latent_dim, **settings)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from vae_jax.core import conv_ops
 
@@ -136,21 +135,23 @@ class VAE(nn.Module):
         return self.decoder(z)
 
 
-def make_model(model_config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> VAE:
-    """The VAE that ``config.model`` describes, for images of ``image_shape`` (H, W, C)."""
+def make_model(image_shape: Sequence[int], arch: str, latent_dim: int, **settings) -> VAE:
+    """The VAE of architecture ``arch`` for images of ``image_shape`` (H, W, C).
+
+    ``settings``: the keys of ``config.model``; each architecture reads its own (conv:
+    ``conv_impl``; mlp: ``mlp_hidden_dims``, ``mlp_activation``) and leaves the objective's.
+    """
     image_shape = tuple(image_shape)
-    if model_config.arch == "conv":
+    if arch == "conv":
         if image_shape != CONV_IMAGE_SHAPE:
             raise ValueError(
                 f"model.arch='conv' is the seed's 28x28x1 network; images are {image_shape}. "
                 "Use model.arch='mlp' for other shapes."
             )
-        impl = conv_ops.resolve(model_config.conv_impl)
-        return VAE(ConvEncoder(model_config.latent_dim, impl), ConvDecoder(impl))
-    hidden, act = tuple(model_config.mlp_hidden_dims), model_config.mlp_activation
-    return VAE(
-        MLPEncoder(model_config.latent_dim, hidden, act), MLPDecoder(image_shape, hidden, act)
-    )
+        impl = conv_ops.resolve(settings["conv_impl"])
+        return VAE(ConvEncoder(latent_dim, impl), ConvDecoder(impl))
+    hidden, act = tuple(settings["mlp_hidden_dims"]), settings["mlp_activation"]
+    return VAE(MLPEncoder(latent_dim, hidden, act), MLPDecoder(image_shape, hidden, act))
 
 
 def init_params(model: VAE, key: jax.Array, image_shape: Sequence[int]) -> dict:

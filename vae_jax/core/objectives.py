@@ -1,8 +1,8 @@
-"""The VAE objective, in nats per image.
+"""The VAE objective and the importance weights of the IWAE bound, in nats per image.
 
 Every per-image term is summed over pixels (reconstruction) or latent dimensions (KL); the
 training loss is the mean over the batch of their sum. Data ``x`` are floats in [0, 1]:
-grayscale intensities, or 0/1 when binarized (see :mod:`vae_jax.data`).
+grayscale intensities, or 0/1 when binarized (see :mod:`vae_jax.core.pixels`).
 
 ``noise_scale`` (``s``) scales the reparameterization noise: z = mean + s * stddev * eps, eps ~
 N(0, I). The training loss keeps the seed's latent term KL(N(mean, stddev^2) || N(0, I)), which
@@ -10,21 +10,31 @@ ignores ``s``; every reported bound instead uses the distribution actually sampl
 q = N(mean, (s * stddev)^2), so it is a valid evidence lower bound for any ``s``. For ``s = 1``
 the two coincide and the training loss is the negative ELBO.
 
-With ``likelihood='bernoulli'`` on grayscale data the reconstruction term is the seed's sigmoid
+With the Bernoulli likelihood on grayscale data the reconstruction term is the seed's sigmoid
 cross-entropy; it is not the log-density of a normalized distribution over [0, 1], so the
 "ELBO" then bounds no likelihood. Binarize the data for numbers comparable with papers.
+
+The IWAE bound (Burda, Grosse & Salakhutdinov, 2016): for an image x and k samples
+z_i ~ q(z|x), ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)`` and the bound is
+``log mean_i exp(log w_i)``. Sample s of image g uses ``fold_in(fold_in(key, g), s)``, so a
+bound does not depend on how images and samples are split into chunks, nor on the device count.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from vae_jax.core.models import VAE
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+LOG_2PI = math.log(2.0 * math.pi)
+LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, x) -> [B] nats
 
 
 class Terms(NamedTuple):
@@ -52,7 +62,7 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
 def gaussian_log_prob(mean: jax.Array, x: jax.Array, stddev: float) -> jax.Array:
     """log N(x | mean, stddev^2) summed over pixels."""
     z = (x - mean) / stddev
-    return _sum_pixels(-0.5 * jnp.square(z) - math.log(stddev) - 0.5 * math.log(2 * math.pi))
+    return _sum_pixels(-0.5 * jnp.square(z) - math.log(stddev) - 0.5 * LOG_2PI)
 
 
 def decoder_mean(logits: jax.Array) -> jax.Array:
@@ -60,11 +70,18 @@ def decoder_mean(logits: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(logits)
 
 
-def log_likelihood(logits: jax.Array, x: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-    """log p(x|z) per image, for ``cfg.likelihood`` in {bernoulli, gaussian}."""
-    if cfg.likelihood == "bernoulli":
-        return bernoulli_log_prob(logits, x)
-    return gaussian_log_prob(decoder_mean(logits), x, cfg.obs_stddev)
+def _gaussian_log_likelihood(logits: jax.Array, x: jax.Array, stddev: float) -> jax.Array:
+    return gaussian_log_prob(decoder_mean(logits), x, stddev)
+
+
+def log_likelihood(name: str, obs_stddev: float) -> LogLikelihood:
+    """``(logits, x) -> log p(x|z)`` per image: ``bernoulli`` (sigmoid cross-entropy), or
+    ``gaussian`` with stddev ``obs_stddev`` around ``sigmoid(logits)``."""
+    if name == "bernoulli":
+        return bernoulli_log_prob
+    if name == "gaussian":
+        return functools.partial(_gaussian_log_likelihood, stddev=obs_stddev)
+    raise ValueError(f"likelihood {name!r}: use one of {', '.join(LIKELIHOODS)}")
 
 
 def sampled_logvar(logvar: jax.Array, noise_scale: float | jax.Array) -> jax.Array:
@@ -77,22 +94,18 @@ def elbo_terms(
     params: dict,
     x: jax.Array,
     key: jax.Array,
-    cfg: ml_collections.ConfigDict,
-    noise_scale: jax.Array | None = None,
+    log_lik: LogLikelihood,
+    noise_scale: float | jax.Array,
 ) -> Terms:
-    """Encode ``x``, draw one z per image with ``key``, decode, and return the terms.
-
-    ``noise_scale``: a traced value instead of ``cfg.noise_scale`` (models trained together
-    under ``jax.vmap`` with different noise scales)."""
-    s = cfg.noise_scale if noise_scale is None else noise_scale
+    """Encode ``x``, draw one z per image with ``key``, decode, and return the terms."""
     mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
     eps = jax.random.normal(key, mean.shape, mean.dtype)
-    z = mean + s * jnp.exp(0.5 * logvar) * eps
+    z = mean + noise_scale * jnp.exp(0.5 * logvar) * eps
     logits = model.apply({"params": params}, z, method=VAE.decode)
     return Terms(
-        recon=-log_likelihood(logits, x, cfg),
+        recon=-log_lik(logits, x),
         kl_objective=gaussian_kl(mean, logvar),
-        kl=gaussian_kl(mean, sampled_logvar(logvar, s)),
+        kl=gaussian_kl(mean, sampled_logvar(logvar, noise_scale)),
     )
 
 
@@ -101,12 +114,44 @@ def training_loss(
     params: dict,
     x: jax.Array,
     key: jax.Array,
-    cfg: ml_collections.ConfigDict,
-    noise_scale: jax.Array | None = None,
+    log_lik: LogLikelihood,
+    noise_scale: float | jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """Mean over the batch of recon + the seed's KL, and ``[loss, recon, kl]`` for logging."""
-    terms = elbo_terms(model, params, x, key, cfg, noise_scale)
+    terms = elbo_terms(model, params, x, key, log_lik, noise_scale)
     recon = jnp.mean(terms.recon)
     kl = jnp.mean(terms.kl_objective)
     loss = recon + kl
     return loss, jnp.stack([loss, recon, kl])
+
+
+def importance_noise(
+    key: jax.Array, image_ids: jax.Array, sample_ids: jax.Array, dim: int
+) -> jax.Array:
+    """Standard normal noise ``[len(image_ids), len(sample_ids), dim]``, one key per pair."""
+
+    def one(g, s):
+        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, g), s), (dim,))
+
+    return jax.vmap(lambda g: jax.vmap(lambda s: one(g, s))(sample_ids))(image_ids)
+
+
+def log_weights(
+    model: VAE,
+    params: dict,
+    x: jax.Array,
+    eps: jax.Array,
+    log_lik: LogLikelihood,
+    noise_scale: float,
+) -> jax.Array:
+    """``[B, K]`` log importance weights of images ``x [B, ...]`` for noise ``eps [B, K, z]``."""
+    variables = {"params": params}
+    mean, logvar = model.apply(variables, x, method=VAE.encode)
+    logstd = 0.5 * sampled_logvar(logvar, noise_scale)
+    z = mean[:, None] + jnp.exp(logstd)[:, None] * eps
+    log_q = jnp.sum(-0.5 * jnp.square(eps) - logstd[:, None] - 0.5 * LOG_2PI, axis=-1)
+    log_p = jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI, axis=-1)
+    b, k = eps.shape[:2]
+    logits = model.apply(variables, z.reshape(b * k, -1), method=VAE.decode)
+    x_rep = jnp.broadcast_to(x[:, None], (b, k, *x.shape[1:])).reshape(b * k, *x.shape[1:])
+    return log_lik(logits, x_rep).reshape(b, k) + log_p - log_q

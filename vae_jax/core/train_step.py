@@ -4,23 +4,23 @@ The whole training set lives on the devices (uint8, replicated); each epoch's or
 permutation drawn from ``fold_in(DATA_ORDER, epoch)``, and the step slices its batch out of it
 by ``state.step``; its noise comes from ``fold_in(TRAIN, step)``. Data order and noise are thus
 functions of (seed, step) alone, which is what makes a resumed run bit-exact.
+
+A checkpoint holds :func:`checkpoint_tree`: the :class:`TrainState` and the epoch's running
+:class:`EpochSums`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Sharding
 
-from vae_jax import data as data_lib
-from vae_jax import parallel
-from vae_jax.core import objectives, rng
-from vae_jax.core.models import VAE, init_params, make_model
+from vae_jax.core import objectives, pixels, rng
+from vae_jax.core.models import VAE, init_params
 
 TRAIN_METRICS = ("loss", "recon", "kl")
 
@@ -50,33 +50,33 @@ def zero_sums() -> EpochSums:
     return EpochSums(jnp.zeros(len(TRAIN_METRICS), jnp.float32), jnp.full((), -1, jnp.int32))
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.adam(config.train.learning_rate)
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
 
 
 def init_state(
-    config: ml_collections.ConfigDict,
-    model: VAE,
-    tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
+    seed: int, model: VAE, tx: optax.GradientTransformation, image_shape: Sequence[int]
 ) -> TrainState:
-    root = rng.root_key(config.seed)
+    root = rng.root_key(seed)
     params = init_params(model, rng.stream(root, rng.Stream.INIT), image_shape)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(root))
 
 
-def abstract_state(
-    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh: Mesh
-) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the train state, without computing it."""
-    model = make_model(config.model, image_shape)
-    shapes = jax.eval_shape(lambda: init_state(config, model, make_optimizer(config), image_shape))
-    return replicated_like(shapes, mesh)
+def checkpoint_tree(state: TrainState, sums: EpochSums) -> dict:
+    """The pytree a checkpoint holds."""
+    return {"train_state": state, "epoch_sums": sums}
 
 
-def replicated_like(tree: Any, mesh: Mesh) -> Any:
-    repl = parallel.replicated(mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), tree)
+def checkpoint_like(
+    model: VAE,
+    tx: optax.GradientTransformation,
+    image_shape: Sequence[int],
+    sharding: Sharding,
+) -> dict:
+    """:func:`checkpoint_tree` as shapes, dtypes and ``sharding``, without computing it."""
+    state = jax.eval_shape(lambda: init_state(0, model, tx, image_shape))
+    tree = checkpoint_tree(state, jax.eval_shape(zero_sums))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
 
 def epoch_permutation(root: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
@@ -93,45 +93,39 @@ def _all_finite(tree: Any) -> jax.Array:
 def make_train_step(
     model: VAE,
     tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
+    log_lik: objectives.LogLikelihood,
+    *,
+    batch_size: int,
     steps_per_epoch: int,
-    mesh: Mesh,
-) -> Callable[[TrainState, EpochSums, jax.Array, jax.Array], tuple[TrainState, EpochSums]]:
-    """``(state, sums, images, perm[, noise_scale]) -> (state, sums)``, pure.
+    dynamic_binarize: bool,
+    batch_sharding: Sharding,
+) -> Callable[..., tuple[TrainState, EpochSums]]:
+    """``(state, sums, images, perm, noise_scale) -> (state, sums)``, pure.
 
     ``images``: the uint8 training set; ``perm``: this epoch's permutation of it. The step's
-    batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, sharded
-    over the devices. Noise (and dynamic binarization) use ``fold_in(TRAIN, state.step)``.
-    ``noise_scale`` (traced) replaces ``config.model.noise_scale`` when given: the sweep
-    vmaps this step over models that differ in it.
+    batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, placed by
+    ``batch_sharding`` over the devices. Noise (and dynamic binarization) use
+    ``fold_in(TRAIN, state.step)``. ``noise_scale`` may be traced: runs trained together map
+    this step over their states and noise scales.
 
     NaN guard: if the loss or any gradient is not finite, the update is not applied, the step is
     recorded in ``sums.first_bad``, and no later step changes the parameters either, so the
     loop can stop with the state as it was before the bad step.
     """
-    batch_size = config.train.batch_size
-    dynamic = config.data.binarize == "dynamic"
-    batch = parallel.batch_sharding(mesh)
 
-    def step(
-        state: TrainState,
-        sums: EpochSums,
-        images: jax.Array,
-        perm: jax.Array,
-        noise_scale: jax.Array | None = None,
-    ):
+    def step(state: TrainState, sums: EpochSums, images, perm, noise_scale):
         offset = (state.step % steps_per_epoch) * batch_size
         idx = jax.lax.with_sharding_constraint(
-            jax.lax.dynamic_slice_in_dim(perm, offset, batch_size), batch
+            jax.lax.dynamic_slice_in_dim(perm, offset, batch_size), batch_sharding
         )
-        x = data_lib.to_float(images[idx])
+        x = pixels.to_float(images[idx])
         key = jax.random.fold_in(rng.stream(state.root, rng.Stream.TRAIN), state.step)
         noise_key, binarize_key = jax.random.split(key)
-        if dynamic:
-            x = data_lib.dynamic_binarize(binarize_key, x)
+        if dynamic_binarize:
+            x = pixels.dynamic_binarize(binarize_key, x)
 
         def loss_fn(params):
-            return objectives.training_loss(model, params, x, noise_key, config.model, noise_scale)
+            return objectives.training_loss(model, params, x, noise_key, log_lik, noise_scale)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

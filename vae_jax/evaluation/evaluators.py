@@ -1,30 +1,30 @@
-"""Test-set evaluators, all in nats per image: the ELBO, the IWAE bound, rate and active units.
+"""Test-set evaluations, all in nats per image: the ELBO, the IWAE bound, rate and active units.
 
 Every bound uses the distribution actually sampled, q = N(mean, (noise_scale * stddev)^2).
-Each evaluator is built once (test images placed on the devices, functions jitted) and then
-called with parameters, so the per-epoch test -ELBO costs one pass and no recompilation.
+Images are uint8 ``[N, H, W, C]``, placed on the devices in padded chunks (batch sharded).
+The test -ELBO evaluator is built once and called every epoch with new parameters, with no
+recompilation; the IWAE bound and the latent statistics are computed once per evaluation.
 """
 
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from vae_jax import parallel
-from vae_jax.core import iwae, objectives, rng
+from vae_jax.core import objectives, rng
 from vae_jax.core.models import VAE
-from vae_jax.data import to_float
+from vae_jax.core.pixels import to_float
+from vae_jax.outputs.metrics import peak_host_memory_bytes
+from vae_jax.outputs.workdir import is_writer
 
 EVAL_METRICS = ("neg_elbo", "recon", "kl")
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Var_x(E_q[z_d | x]) above this
@@ -54,29 +54,32 @@ def _chunks(images: np.ndarray, size: int, mesh: Mesh) -> list[tuple[jax.Array, 
 
 def make_test_evaluator(
     model: VAE,
-    config: ml_collections.ConfigDict,
     images: np.ndarray,
     mesh: Mesh,
     root: jax.Array,
+    *,
+    log_lik: objectives.LogLikelihood,
+    noise_scale: float,
+    batch_size: int,
+    num_samples: int,
 ) -> Callable[[dict], dict[str, float]]:
     """A function ``params -> {'neg_elbo': .., 'recon': .., 'kl': ..}`` (means over ``images``).
 
-    The reconstruction term is averaged over ``config.eval.num_samples`` posterior samples per
-    image; the KL is analytic. Chunk i draws its samples from ``fold_in(EVAL, i)``, so every
-    epoch sees the same noise and test numbers are comparable across epochs.
+    The reconstruction term is averaged over ``num_samples`` posterior samples per image; the
+    KL is analytic. Chunk i draws its samples from ``fold_in(EVAL, i)``, so every epoch sees the
+    same noise and test numbers are comparable across epochs.
     """
     n = len(images)
-    chunks = _chunks(images, chunk_size(n, config.eval.batch_size, mesh.devices.size), mesh)
+    chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
     eval_root = rng.stream(root, rng.Stream.EVAL)
     keys = [jax.random.fold_in(eval_root, i) for i in range(len(chunks))]
-    num_samples = config.eval.num_samples
 
     @jax.jit
     def chunk_sums(params, images_u8, mask, key):
         x = to_float(images_u8)
 
         def one(k):
-            t = objectives.elbo_terms(model, params, x, k, config.model)
+            t = objectives.elbo_terms(model, params, x, k, log_lik, noise_scale)
             return jnp.stack([t.recon + t.kl, t.recon, t.kl])
 
         per_image = jnp.mean(jax.vmap(one)(jax.random.split(key, num_samples)), axis=0)
@@ -125,76 +128,74 @@ def iwae_chunking(n_images: int, k: int, pairs_per_call: int, n_devices: int) ->
     return min(images, -(-n_images // n_devices) * n_devices), samples
 
 
-def make_iwae_evaluator(
+def iwae_bound(
     model: VAE,
-    config: ml_collections.ConfigDict,
+    params: dict,
     images: np.ndarray,
     mesh: Mesh,
     root: jax.Array,
-) -> Callable[[dict], IwaeResult]:
-    """A function ``params -> IwaeResult``: the ``config.eval.iwae_k``-sample bound of every
-    image, computed in chunks with a streaming log-sum-exp and a progress bar."""
-    n, k = len(images), config.eval.iwae_k
-    per_call, samples = iwae_chunking(n, k, config.eval.iwae_pairs_per_call, mesh.devices.size)
-    sample_chunks = -(-k // samples)
+    *,
+    log_lik: objectives.LogLikelihood,
+    noise_scale: float,
+    latent_dim: int,
+    k: int,
+    pairs_per_call: int,
+) -> IwaeResult:
+    """The ``k``-sample bound of every image, computed in chunks of at most ``pairs_per_call``
+    decodes with a streaming log-sum-exp, under a progress bar."""
+    start = time.perf_counter()
+    n = len(images)
+    per_call, samples = iwae_chunking(n, k, pairs_per_call, mesh.devices.size)
     batch = parallel.batch_sharding(mesh)
     chunks = _chunks(images, per_call, mesh)
+    key = rng.stream(root, rng.Stream.IWAE)
+
+    def accumulate(params, images_u8, image_ids, offset, lse):
+        sample_ids = offset + jnp.arange(samples, dtype=jnp.int32)
+        eps = jax.lax.with_sharding_constraint(
+            objectives.importance_noise(key, image_ids, sample_ids, latent_dim), batch
+        )
+        x = to_float(images_u8)
+        log_w = objectives.log_weights(model, params, x, eps, log_lik, noise_scale)
+        log_w = jnp.where(sample_ids < k, log_w, -jnp.inf)
+        return jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=-1))
+
     ids = [
         jax.device_put(np.arange(i * per_call, (i + 1) * per_call, dtype=np.int32), batch)
         for i in range(len(chunks))
     ]
-    key = rng.stream(root, rng.Stream.IWAE)
-    latent_dim = config.model.latent_dim
-
-    def step(params, images_u8, image_ids, offset, lse):
-        sample_ids = offset + jnp.arange(samples, dtype=jnp.int32)
-        eps = jax.lax.with_sharding_constraint(
-            iwae.sample_eps(key, image_ids, sample_ids, latent_dim), batch
-        )
-        log_w = iwae.log_weights(model, params, to_float(images_u8), eps, config.model)
-        log_w = jnp.where(sample_ids < k, log_w, -jnp.inf)
-        return jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=-1))
-
-    compiled: dict = {}
-
-    def evaluate(params: dict) -> IwaeResult:
-        start = time.perf_counter()
-        lse0 = jax.device_put(jnp.full((per_call,), -jnp.inf), batch)
-        if "fn" not in compiled:
-            lowered = jax.jit(step).lower(params, chunks[0][0], ids[0], jnp.int32(0), lse0)
-            compiled["fn"] = lowered.compile()
-        fn = compiled["fn"]
-        offsets = [jnp.int32(j * samples) for j in range(sample_chunks)]
-        out = []
-        with tqdm(
-            total=n * k,
-            desc=f"IWAE k={k}",
-            unit="sample",
-            unit_scale=True,
-            leave=False,
-            mininterval=1.0,
-            disable=jax.process_index() != 0,
-        ) as bar:
-            for (x, _), image_ids in zip(chunks, ids, strict=True):
-                lse = lse0
-                for offset in offsets:
-                    lse = fn(params, x, image_ids, offset, lse)
-                if out:  # one image chunk in flight: independent chunks would otherwise run
-                    out[-1].block_until_ready()  # at once and multiply the memory
-                out.append(lse)
-                bar.update(min(per_call, n - bar.n // k) * k)
-        bounds = np.concatenate([np.asarray(b, np.float64) for b in out])[:n] - math.log(k)
-        return IwaeResult(
-            bounds=bounds,
-            k=k,
-            images_per_call=per_call,
-            samples_per_call=samples,
-            seconds=time.perf_counter() - start,
-            xla_bytes_per_call=_xla_bytes(fn),
-            peak_host_rss_bytes=_peak_rss_bytes(),
-        )
-
-    return evaluate
+    lse0 = jax.device_put(jnp.full((per_call,), -jnp.inf), batch)
+    fn = jax.jit(accumulate).lower(params, chunks[0][0], ids[0], jnp.int32(0), lse0).compile()
+    offsets = [jnp.int32(j * samples) for j in range(-(-k // samples))]
+    out = []
+    bar = tqdm(
+        total=n * k,
+        desc=f"IWAE k={k}",
+        unit="sample",
+        unit_scale=True,
+        leave=False,
+        mininterval=1.0,
+        disable=not is_writer(),
+    )
+    with bar:
+        for (x, _), image_ids in zip(chunks, ids, strict=True):
+            lse = lse0
+            for offset in offsets:
+                lse = fn(params, x, image_ids, offset, lse)
+            if out:  # one image chunk in flight: independent chunks would otherwise run
+                out[-1].block_until_ready()  # at once and multiply the memory
+            out.append(lse)
+            bar.update(min(per_call, n - bar.n // k) * k)
+    bounds = np.concatenate([np.asarray(b, np.float64) for b in out])[:n] - math.log(k)
+    return IwaeResult(
+        bounds=bounds,
+        k=k,
+        images_per_call=per_call,
+        samples_per_call=samples,
+        seconds=time.perf_counter() - start,
+        xla_bytes_per_call=_xla_bytes(fn),
+        peak_host_rss_bytes=peak_host_memory_bytes(),
+    )
 
 
 def _xla_bytes(compiled) -> int:
@@ -208,11 +209,6 @@ def _xla_bytes(compiled) -> int:
         )
     except Exception:  # not every backend reports it
         return -1
-
-
-def _peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,25 +234,27 @@ class LatentStats(NamedTuple):
         return int(self.active.sum())
 
 
-def make_latent_evaluator(
-    model: VAE, config: ml_collections.ConfigDict, images: np.ndarray, mesh: Mesh
-) -> Callable[[dict], LatentStats]:
-    """A function ``params -> LatentStats`` over ``images`` (statistics in float64)."""
+def latent_stats(
+    model: VAE,
+    params: dict,
+    images: np.ndarray,
+    mesh: Mesh,
+    *,
+    noise_scale: float,
+    batch_size: int,
+) -> LatentStats:
+    """Posterior means and stddevs of ``images``, and their statistics (float64)."""
     n = len(images)
-    chunks = _chunks(images, chunk_size(n, config.eval.batch_size, mesh.devices.size), mesh)
-    noise_scale = config.model.noise_scale
+    chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
 
     @jax.jit
     def encode(params, images_u8):
         mean, logvar = model.apply({"params": params}, to_float(images_u8), method=VAE.encode)
         return mean, objectives.sampled_logvar(logvar, noise_scale)
 
-    def evaluate(params: dict) -> LatentStats:
-        parts = [encode(params, x) for x, _ in chunks]
-        mean = np.concatenate([np.asarray(m, np.float64) for m, _ in parts])[:n]
-        logvar = np.concatenate([np.asarray(v, np.float64) for _, v in parts])[:n]
-        var = np.exp(logvar)
-        rate = 0.5 * (np.square(mean) + var - logvar - 1.0)
-        return LatentStats(mean, np.sqrt(var), rate.mean(axis=0), mean.var(axis=0))
-
-    return evaluate
+    parts = [encode(params, x) for x, _ in chunks]
+    mean = np.concatenate([np.asarray(m, np.float64) for m, _ in parts])[:n]
+    logvar = np.concatenate([np.asarray(v, np.float64) for _, v in parts])[:n]
+    var = np.exp(logvar)
+    rate = 0.5 * (np.square(mean) + var - logvar - 1.0)
+    return LatentStats(mean, np.sqrt(var), rate.mean(axis=0), mean.var(axis=0))

@@ -23,26 +23,21 @@ from vae_jax import parallel
 from vae_jax.atomic_io import write_json
 from vae_jax.core import objectives, rng
 from vae_jax.core.models import VAE
+from vae_jax.core.pixels import to_float
 from vae_jax.errors import ConfigError, DataError
 from vae_jax.evaluation.evaluators import (
     ACTIVE_UNIT_THRESHOLD,
-    make_iwae_evaluator,
-    make_latent_evaluator,
+    LatentStats,
+    iwae_bound,
+    latent_stats,
     make_test_evaluator,
 )
 from vae_jax.evaluation.trained_run import restore_run
-from vae_jax.outputs import latent_plots as latent_figures
-from vae_jax.outputs import plots as figures
-from vae_jax.outputs.metrics import is_writer
-from vae_jax.outputs.workdir import Workdir
+from vae_jax.outputs import plots
+from vae_jax.outputs.workdir import Workdir, is_writer
 
-NUM_FIGURE_IMAGES = 64
 NUM_TRAVERSAL_DIMS = 10
 NUM_INTERPOLATIONS = 8
-
-
-def eval_json_path(workdir: Path, step: int | None = None) -> Path:
-    return Path(workdir) / ("eval.json" if step is None else f"eval_step_{step}.json")
 
 
 def apply_eval_overrides(
@@ -59,9 +54,8 @@ def apply_eval_overrides(
 
 def evaluated_step(workdir: Path) -> int | None:
     """The checkpoint step that ``eval.json`` describes, if there is one."""
-    path = eval_json_path(workdir)
     try:
-        return int(json.loads(path.read_text())["step"])
+        return int(json.loads(Workdir(workdir).eval_json().read_text())["step"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -89,42 +83,81 @@ def evaluate_run(
             f"trained on {tuple(meta['image_shape'])}"
         )
     start = time.perf_counter()
-    params, root = state.params, state.root
-    test_images = dataset.test_images
-    elbo = make_test_evaluator(model, config, test_images, mesh, root)(params)
-    latent = make_latent_evaluator(model, config, test_images, mesh)(params)
-    iwae_images = test_images[: config.eval.iwae_test_size or None]
-    iw = make_iwae_evaluator(model, config, iwae_images, mesh, root)(params)
+    result = _evaluate(config, model, state.params, state.root, dataset, mesh, meta, workdir)
+    result["seconds"] = time.perf_counter() - start
+    path = Workdir(workdir).eval_json(step)
+    if is_writer():
+        write_json(path, result)
+        print(format_table(result, path))
+    return result
 
-    decode_fn = jax.jit(
+
+def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path) -> dict:
+    """The numbers of ``eval.json``, and the figures."""
+    c = config
+    log_lik = objectives.log_likelihood(c.model.likelihood, c.model.obs_stddev)
+    test_images = dataset.test_images
+    elbo = make_test_evaluator(
+        model,
+        test_images,
+        mesh,
+        root,
+        log_lik=log_lik,
+        noise_scale=c.model.noise_scale,
+        batch_size=c.eval.batch_size,
+        num_samples=c.eval.num_samples,
+    )(params)
+    latent = latent_stats(
+        model,
+        params,
+        test_images,
+        mesh,
+        noise_scale=c.model.noise_scale,
+        batch_size=c.eval.batch_size,
+    )
+    iw = iwae_bound(
+        model,
+        params,
+        test_images[: c.eval.iwae_test_size or None],
+        mesh,
+        root,
+        log_lik=log_lik,
+        noise_scale=c.model.noise_scale,
+        latent_dim=c.model.latent_dim,
+        k=c.eval.iwae_k,
+        pairs_per_call=c.eval.iwae_pairs_per_call,
+    )
+    decode = _decoder(model, params)
+    originals = np.asarray(to_float(test_images[: plots.FIGURE_IMAGES]))
+    recon = decode(latent.means[: plots.FIGURE_IMAGES])
+    label = f"{workdir.name}: step {meta['step']} (epoch {meta['epoch']})"
+    drawn = _draw(workdir, c, decode, latent, originals, recon, root, dataset, label)
+    return _result(c, meta, workdir, len(test_images), elbo, latent, iw, recon, originals, drawn)
+
+
+def _decoder(model: VAE, params: dict):
+    """``z -> `` decoder means in [0, 1], as numpy."""
+    fn = jax.jit(
         lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
     )
+    return lambda z: np.asarray(fn(params, jnp.asarray(z, jnp.float32)))
 
-    def decode(z: np.ndarray) -> np.ndarray:
-        return np.asarray(decode_fn(params, jnp.asarray(z, jnp.float32)))
 
-    originals = data_lib.to_float(test_images[:NUM_FIGURE_IMAGES])
-    recon = decode(latent.means[:NUM_FIGURE_IMAGES])
-    recon_mse = float(np.mean(np.square(recon - np.asarray(originals))))
-    label = f"{workdir.name}: step {meta['step']} (epoch {meta['epoch']})"
-    drawn = _draw(
-        workdir, config, decode, latent, np.asarray(originals), recon, root, dataset, label
-    )
-
-    result = {
+def _result(c, meta, workdir, n_test, elbo, latent, iw, recon, originals, drawn) -> dict:
+    return {
         "workdir": str(workdir),
         "step": int(meta["step"]),
         "epoch": int(meta["epoch"]),
         "data": {
-            "name": config.data.name,
-            "binarize": config.data.binarize,
-            "binarize_seed": config.data.binarize_seed,  # the test set's fixed binarization
+            "name": c.data.name,
+            "binarize": c.data.binarize,
+            "binarize_seed": c.data.binarize_seed,  # the test set's fixed binarization
         },
-        "test_images": len(test_images),
-        "noise_scale": config.model.noise_scale,
+        "test_images": n_test,
+        "noise_scale": c.model.noise_scale,
         "bounds_note": "every bound uses q = N(mean, (noise_scale * stddev)^2), the one sampled",
         "test_neg_elbo_nats": elbo["neg_elbo"],
-        "elbo_samples_per_image": config.eval.num_samples,
+        "elbo_samples_per_image": c.eval.num_samples,
         "distortion_nats": elbo["recon"],
         "rate_nats": latent.rate,
         "rate_per_dim_nats": latent.rate_per_dim.tolist(),
@@ -141,22 +174,16 @@ def evaluate_run(
         "latent_dim": int(latent.means.shape[1]),
         "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
         "posterior_mean_variance_per_dim": latent.mean_variance.tolist(),
-        "recon_mse_per_pixel_64": recon_mse,
+        "recon_mse_per_pixel_64": float(np.mean(np.square(recon - originals))),
         "figures": drawn,
-        "seconds": time.perf_counter() - start,
     }
-    path = eval_json_path(workdir, step)
-    if is_writer():
-        write_json(path, result)
-        print(format_table(result, path))
-    return result
 
 
 def _draw(
     workdir: Path,
     config: ml_collections.ConfigDict,
     decode,
-    latent,
+    latent: LatentStats,
     originals: np.ndarray,
     recon: np.ndarray,
     root: jax.Array,
@@ -167,24 +194,24 @@ def _draw(
         return []
     out = Workdir(workdir).figures
     z = jax.random.normal(
-        rng.stream(root, rng.Stream.FIGURES), (NUM_FIGURE_IMAGES, config.model.latent_dim)
+        rng.stream(root, rng.Stream.FIGURES), (plots.FIGURE_IMAGES, config.model.latent_dim)
     )
-    figures.save_panels(
+    plots.save_panels(
         out / "eval_samples.png",
-        [("Samples from the prior", figures.make_grid(decode(np.asarray(z))))],
+        [("Samples from the prior", plots.make_grid(decode(np.asarray(z))))],
         label,
     )
-    figures.save_panels(
+    plots.save_panels(
         out / "eval_reconstructions.png",
         [
-            ("Originals", figures.make_grid(originals)),
-            ("Reconstructions", figures.make_grid(recon)),
+            ("Originals", plots.make_grid(originals)),
+            ("Reconstructions", plots.make_grid(recon)),
         ],
         label,
     )
     order = np.argsort(-latent.mean_variance)[:NUM_TRAVERSAL_DIMS]
     spread = np.sqrt(latent.mean_variance + np.mean(np.square(latent.stddevs), axis=0))
-    latent_figures.save_traversals(
+    plots.save_traversals(
         out / "traversals.png",
         decode,
         latent.means[0],
@@ -195,7 +222,7 @@ def _draw(
     )
     pairs = min(NUM_INTERPOLATIONS, len(originals) // 2)
     if pairs:
-        latent_figures.save_interpolations(
+        plots.save_interpolations(
             out / "interpolations.png",
             decode,
             latent.means[0 : 2 * pairs : 2],
@@ -204,7 +231,7 @@ def _draw(
             originals[1 : 2 * pairs : 2],
             f"{label}: interpolations between test images",
         )
-    latent_figures.save_kl_per_dim(
+    plots.save_kl_per_dim(
         out / "kl_per_dim.png",
         latent.rate_per_dim,
         latent.mean_variance,
@@ -215,8 +242,8 @@ def _draw(
     names += ["interpolations.png"] if pairs else []
     names.append("kl_per_dim.png")
     if config.model.latent_dim == 2:
-        latent_figures.save_manifold(out / "manifold.png", decode, f"{label}: learned manifold")
-        latent_figures.save_latent_scatter(
+        plots.save_manifold(out / "manifold.png", decode, f"{label}: learned manifold")
+        plots.save_latent_scatter(
             out / "latent_scatter.png",
             latent.means,
             dataset.test_labels,
@@ -263,7 +290,3 @@ def format_table(r: dict, path: Path) -> str:
     lines += [f"  {a.ljust(width)}  {b}" for a, b in rows]
     lines.append(f"  written: {path} and {len(r['figures'])} figures in figures/")
     return "\n".join(lines)
-
-
-def is_current(workdir: Path, step: int) -> bool:
-    return evaluated_step(workdir) == step

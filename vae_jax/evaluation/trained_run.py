@@ -1,28 +1,33 @@
-"""Loading a trained run back: its config, model and verified train state."""
+"""A trained run loaded back from its workdir: its config, model and verified train state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import ml_collections
 from jax.sharding import Mesh
 
 from vae_jax import config as config_lib
 from vae_jax import parallel
 from vae_jax.core.models import VAE, make_model
-from vae_jax.core.train_step import TrainState, abstract_state, replicated_like, zero_sums
+from vae_jax.core.train_step import TrainState, checkpoint_like, make_optimizer
 from vae_jax.errors import ConfigError
 from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
 
 
-def saved_like(config: ml_collections.ConfigDict, meta: dict, mesh: Mesh) -> dict:
-    """The pytree a checkpoint holds, as shapes, dtypes and shardings."""
-    return {
-        "train_state": abstract_state(config, tuple(meta["image_shape"]), mesh),
-        "epoch_sums": replicated_like(jax.eval_shape(zero_sums), mesh),
-    }
+def checkpoint_like_for(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[dict], dict]:
+    """``meta -> `` the pytree a checkpoint of this config holds, as shapes, dtypes and
+    (replicated) shardings, for the image shape its ``meta`` records."""
+    tx = make_optimizer(config.train.learning_rate)
+    repl = parallel.replicated(mesh)
+
+    def like(meta: dict) -> dict:
+        shape = tuple(meta["image_shape"])
+        return checkpoint_like(make_model(shape, **config.model), tx, shape, repl)
+
+    return like
 
 
 def restore_run(
@@ -39,18 +44,17 @@ def restore_run(
     config = config_lib.from_json_dict(saved)
     if not run.checkpoints.is_dir():
         raise ConfigError(f"{run.path} has no checkpoint yet")
-    mesh = mesh or parallel.make_mesh()
+    like = checkpoint_like_for(config, mesh or parallel.make_mesh())
     checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep, read_only=True)
     try:
-        like_for = lambda meta: saved_like(config, meta, mesh)  # noqa: E731
-        if step is None:
-            restored = checkpointer.restore_latest_valid(like_for)
-        else:
-            restored = checkpointer.restore(step, like_for)
+        restored = (
+            checkpointer.restore_latest_valid(like)
+            if step is None
+            else checkpointer.restore(step, like)
+        )
     finally:
         checkpointer.close()
     if restored is None:
         raise ConfigError(f"{run.path} has no checkpoint yet")
-    image_shape = tuple(restored.meta["image_shape"])
-    model = make_model(config.model, image_shape)
+    model = make_model(tuple(restored.meta["image_shape"]), **config.model)
     return config, model, restored.state["train_state"], restored.meta

@@ -105,6 +105,17 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    @classmethod
+    def steps_in(cls, directory: Path) -> list[int]:
+        """The steps of the complete checkpoints in ``directory`` (none if it is missing)."""
+        if not Path(directory).is_dir():
+            return []
+        reader = cls(directory, max_to_keep=1, read_only=True)
+        try:
+            return reader.steps()
+        finally:
+            reader.close()
+
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Save, read back and verify, then delete checkpoints beyond ``max_to_keep``.
 

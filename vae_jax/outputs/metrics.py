@@ -1,4 +1,4 @@
-"""What a run writes besides checkpoints: config.json, metrics.jsonl, TensorBoard events.
+"""What a run measures and writes each epoch: ``metrics.jsonl`` and TensorBoard events.
 
 Every file is written atomically (see :mod:`vae_jax.atomic_io`). Only process 0 writes.
 """
@@ -6,16 +6,13 @@ Every file is written atomically (see :mod:`vae_jax.atomic_io`). Only process 0 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-
 from vae_jax.atomic_io import atomic_write_text
-
-
-def is_writer() -> bool:
-    return jax.process_index() == 0
+from vae_jax.outputs.workdir import is_writer
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -37,9 +34,9 @@ def tensorboard_scalars(record: dict) -> dict[str, float]:
 class MetricsWriter:
     """Per-epoch records to ``metrics.jsonl`` (rewritten whole) and TensorBoard scalars."""
 
-    def __init__(self, workdir: Path):
-        self.path = workdir / "metrics.jsonl"
-        self._tb_dir = workdir / "tensorboard"
+    def __init__(self, path: Path, tensorboard_dir: Path):
+        self.path = path
+        self._tb_dir = tensorboard_dir
         self._tb = None
 
     def write(self, history: Sequence[dict]) -> None:
@@ -63,3 +60,9 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def peak_host_memory_bytes() -> int:
+    """The peak resident memory of this process so far."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB

@@ -1,7 +1,10 @@
 """A run's working directory: its layout, its lock, and the checks made before writing into it.
 
+The check of a run's config against the one saved here (the resume diff) is
+:func:`vae_jax.config.check_resumable`.
+
 Layout: ``config.json`` (the resolved config), ``metrics.jsonl``, ``tensorboard/``,
-``checkpoints/`` (Orbax), ``figures/`` (PNGs), ``.lock``.
+``checkpoints/`` (Orbax), ``figures/`` (PNGs), ``eval.json`` (``eval_step_<N>.json``), ``.lock``.
 
 One process at a time: :meth:`Workdir.lock` takes an exclusive ``flock`` on ``.lock``, which the
 kernel releases when the process ends however it ends, so a crashed run never leaves a stale
@@ -19,23 +22,33 @@ import socket
 import time
 from pathlib import Path
 
-import ml_collections
+import jax
 
-from vae_jax import config as config_lib
 from vae_jax.atomic_io import write_json
 from vae_jax.errors import ConfigError, WorkdirError
-from vae_jax.outputs.metrics import is_writer
 
 LOCK_NAME = ".lock"
+
+
+def is_writer() -> bool:
+    """Only process 0 writes the workdir (config, metrics, figures, lock); in a multi-process
+    run the others compute alongside it and take part in the collective checkpoint saves."""
+    return jax.process_index() == 0
 
 
 class Workdir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.config_path = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.tensorboard = self.path / "tensorboard"
         self.checkpoints = self.path / "checkpoints"
         self.figures = self.path / "figures"
         self._lock_fd: int | None = None
+
+    def eval_json(self, step: int | None = None) -> Path:
+        """The evaluation of the newest checkpoint, or of checkpoint ``step``."""
+        return self.path / ("eval.json" if step is None else f"eval_step_{step}.json")
 
     def saved_config(self) -> dict | None:
         if not self.config_path.exists():
@@ -45,38 +58,16 @@ class Workdir:
     def _has_foreign_content(self) -> bool:
         return any(p.name != LOCK_NAME for p in self.path.iterdir())
 
-    def check(self, config: ml_collections.ConfigDict, force: bool = False) -> None:
-        """Refuse a path that is not a workdir, or (unless ``force``) a workdir of a run with
-        another config, except for keys that may change on resume."""
+    def check(self) -> None:
+        """Refuse a path that is not a directory, or a non-empty one that holds no run."""
         if not self.path.exists():
             return
         if not self.path.is_dir():
             raise ConfigError(f"workdir {self.path} exists and is not a directory")
-        saved = self.saved_config()
-        if saved is None:
-            if self._has_foreign_content():
-                raise ConfigError(
-                    f"workdir {self.path} is not empty and holds no vae_jax run "
-                    "(no config.json); choose another --workdir"
-                )
-            return
-        if force:
-            return
-        changed = {
-            k: v
-            for k, v in config_lib.diff(saved, config).items()
-            if not config_lib.may_change_on_resume(k)
-        }
-        if changed:
-            lines = "\n".join(
-                f"  {k}: {old!r} in the workdir, {new!r} now" for k, (old, new) in changed.items()
-            )
+        if self.saved_config() is None and self._has_foreign_content():
             raise ConfigError(
-                f"workdir {self.path} holds a run with a different config:\n{lines}\n"
-                "Choose another --workdir, start anew there with --force (the old run is moved "
-                "aside, not deleted), or change only keys that may change on resume: "
-                + ", ".join(sorted(config_lib.RESUMABLE_KEYS))
-                + ", eval.*"
+                f"workdir {self.path} is not empty and holds no vae_jax run "
+                "(no config.json); choose another --workdir"
             )
 
     # -----------------------------------------------------------------------------------------
@@ -138,9 +129,9 @@ class Workdir:
             raise WorkdirError(f"cannot move {self.path} aside to {target}: {e}") from None
         return target
 
-    def create(self, config: ml_collections.ConfigDict, checkpoint_bytes: int) -> None:
-        """Make the folders, check that they are writable and have room for the checkpoints,
-        and write config.json (the resolved config)."""
+    def create(self, config_json: dict, checkpoint_bytes: int, max_to_keep: int) -> None:
+        """Make the folders, check that they are writable and have room for ``max_to_keep``
+        checkpoints, and write ``config.json`` (the resolved config)."""
         if not is_writer():
             return
         try:
@@ -153,7 +144,7 @@ class Workdir:
             probe.unlink()
         except OSError as e:
             raise WorkdirError(f"workdir {self.path} is not writable: {e}") from None
-        keep = config.checkpoint.max_to_keep
+        keep = max_to_keep
         need = (keep + 1) * checkpoint_bytes + 16 * 2**20  # + figures, metrics, events
         free = shutil.disk_usage(self.path).free
         if free < need:
@@ -163,6 +154,6 @@ class Workdir:
                 "MiB, plus figures and metrics). Free some space or choose another --workdir."
             )
         try:
-            write_json(self.config_path, config_lib.to_json_dict(config))
+            write_json(self.config_path, config_json)
         except OSError as e:
             raise WorkdirError(f"cannot write {self.config_path}: {e}") from None

@@ -16,27 +16,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from vae_jax import config as config_lib
+from vae_jax import data as data_lib
+from vae_jax import parallel
 from vae_jax.errors import ConfigError, NonFiniteError
+from vae_jax.evaluation.run import evaluated_step
 from vae_jax.outputs.metrics import read_jsonl
-from vae_jax.outputs.workdir import Workdir
 from vae_jax.sweeps import grid as sweep_grid
+from vae_jax.sweeps import summary as sweep_summary
 from vae_jax.sweeps.grid import Point
+from vae_jax.training.run import (
+    Run,
+    check_runs,
+    is_finished,
+    together_key,
+    train_and_evaluate,
+    train_together,
+)
 
 VMAP_MODES = ("auto", "on", "off")
-VMAPPED_KEYS = ("seed", "model.noise_scale")
 
 
 def default_root(sweep: str) -> Path:
     return Path("runs") / "sweeps" / sweep
-
-
-def group_key(config: ml_collections.ConfigDict) -> str:
-    """Points with the same key can train together under ``jax.vmap``."""
-    flat = config_lib.flatten(config)
-    return json.dumps({k: v for k, v in flat.items() if k not in VMAPPED_KEYS}, default=str)
 
 
 def vmap_pays_off(config: ml_collections.ConfigDict, platform: str) -> bool:
@@ -48,25 +53,19 @@ def vmap_pays_off(config: ml_collections.ConfigDict, platform: str) -> bool:
     return platform != "cpu"
 
 
-def is_finished(path: Path, config: ml_collections.ConfigDict) -> bool:
-    """Trained to ``train.num_epochs`` and, when the config asks for it, evaluated."""
-    history = read_jsonl(path / "metrics.jsonl")
-    if len(history) < config.train.num_epochs:
-        return False
-    return not config.eval.after_training or (path / "eval.json").exists()
-
-
 def plan(
     points: list[Point], root: Path, vmap: str, platform: str
 ) -> tuple[list[Point], list[list[Point]]]:
     """``(finished points, units to train)``; a unit is one point or a group to vmap."""
     finished, todo = [], []
     for p in points:
-        (finished if is_finished(root / p.name, p.config) else todo).append(p)
+        path = root / p.name
+        done = is_finished(read_jsonl(path / "metrics.jsonl"), evaluated_step(path), p.config)
+        (finished if done else todo).append(p)
     units: dict[str, list[Point]] = {}
     for p in todo:
         together = vmap == "on" or (vmap == "auto" and vmap_pays_off(p.config, platform))
-        key = group_key(p.config) if together else p.name
+        key = together_key(p.config) if together else p.name
         units.setdefault(key, []).append(p)
     return finished, list(units.values())
 
@@ -96,17 +95,9 @@ def run_sweep(
     i, n = sweep_grid.parse_shard(shard)
     root = Path(root) if root is not None else default_root(sweep_name)
     mine = sweep_grid.shard(sweep.points, i, n)
+    mesh = parallel.make_mesh()
     for p in mine:  # refuse a clash with an existing run before training anything
-        Workdir(root / p.name).check(p.config)
-
-    import jax  # after the cheap checks
-
-    from vae_jax import data as data_lib
-    from vae_jax.sweeps import summary as sweep_summary
-    from vae_jax.training.group import train_group
-    from vae_jax.training.loop import train_and_evaluate
-
-    load_data = load_data or data_lib.load_dataset
+        check_runs([Run(p.config, root / p.name)], mesh, force=False)
     finished, units = plan(mine, root, vmap, jax.default_backend())
     total, done = len(mine), len(finished)
     print(
@@ -115,43 +106,46 @@ def run_sweep(
     )
     datasets: dict[str, data_lib.Dataset] = {}
     failed: list[str] = []
-    start = time.monotonic()
-    trained = 0
+    start, trained = time.monotonic(), 0
     for unit in units:
         data_key = json.dumps(config_lib.to_json_dict(unit[0].config.data), sort_keys=True)
         if data_key not in datasets:
-            datasets[data_key] = load_data(unit[0].config.data)
-        dataset = datasets[data_key]
+            datasets[data_key] = (load_data or data_lib.load_dataset)(unit[0].config.data)
         names = ", ".join(p.name for p in unit)
         how = f"{len(unit)} together under jax.vmap" if len(unit) > 1 else "1 point"
         print(f"[sweep {sweep_name}] {done + 1}/{total}: {names} ({how})", flush=True)
-        singles = [unit]
-        if len(unit) > 1:
-            try:
-                members = [(p.config, root / p.name, p.name) for p in unit]
-                singles = [] if train_group(members, dataset) else [[p] for p in unit]
-            except NonFiniteError as e:
-                print(f"{e}\nRetraining these points one by one from their checkpoints.")
-                singles = [[p] for p in unit]
-        for (p,) in singles:
-            try:
-                train_and_evaluate(p.config, root / p.name, dataset=dataset, name=p.name)
-            except NonFiniteError as e:
-                print(f"[sweep {sweep_name}] {p.name} failed: {e}")
-                failed.append(p.name)
-        done += len(unit)
-        trained += len(unit)
+        failed += _train_unit(unit, root, datasets[data_key], sweep_name)
+        done, trained = done + len(unit), trained + len(unit)
         elapsed = time.monotonic() - start
         print(
             f"[sweep {sweep_name}] {done}/{total} points done, {elapsed / 60:.1f} min, "
-            f"{_eta(trained, total - done + trained, elapsed)}",
+            f"{_eta(trained, total - len(finished), elapsed)}",
             flush=True,
         )
-    summary = sweep_summary.write_summary(root, sweep)
-    print(summary)
+    print(sweep_summary.write_summary(root, sweep))
     if failed:
         raise NonFiniteError(
             f"sweep {sweep_name}: non-finite loss in {', '.join(failed)} (see above); the other "
             "points finished and are in the summary"
         )
     return root
+
+
+def _train_unit(unit: list[Point], root: Path, dataset: data_lib.Dataset, sweep: str) -> list[str]:
+    """Train a unit's points (together if there are several); return those that failed."""
+    singles = [unit]
+    if len(unit) > 1:
+        try:
+            runs = [Run(p.config, root / p.name, p.name) for p in unit]
+            singles = [] if train_together(runs, dataset) is not None else [[p] for p in unit]
+        except NonFiniteError as e:
+            print(f"{e}\nRetraining these points one by one from their checkpoints.")
+            singles = [[p] for p in unit]
+    failed = []
+    for (p,) in singles:
+        try:
+            train_and_evaluate(p.config, root / p.name, dataset=dataset, name=p.name)
+        except NonFiniteError as e:
+            print(f"[sweep {sweep}] {p.name} failed: {e}")
+            failed.append(p.name)
+    return failed

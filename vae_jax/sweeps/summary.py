@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_jax.atomic_io import atomic_write, atomic_write_text
-from vae_jax.outputs import plots as figures
+from vae_jax.atomic_io import atomic_write_text
+from vae_jax.outputs import plots
 from vae_jax.outputs.metrics import read_jsonl
+from vae_jax.outputs.plots import plt
 from vae_jax.sweeps.grid import Sweep, point_name
 
 COLUMNS = (
@@ -94,19 +95,8 @@ def format_markdown(rows: list[dict], sweep: Sweep) -> str:
     return "\n".join(head + body) + "\n"
 
 
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
 def plot_elbo_vs_latent(rows: list[dict], path: Path, title: str) -> None:
     """Test -ELBO against latent size, a line per noise scale, error bars = std over seeds."""
-    import matplotlib.pyplot as plt
-
     by_scale: dict[float, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by_scale[r["noise_scale"]][r["latent_dim"]].append(r["test_neg_elbo_nats"])
@@ -127,13 +117,11 @@ def plot_elbo_vs_latent(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def plot_rate_distortion(rows: list[dict], path: Path, title: str) -> None:
     """One point per run: rate (KL) against distortion (reconstruction), by latent size."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     dims = sorted({r["latent_dim"] for r in rows})
     scales = sorted({r["noise_scale"] for r in rows})
@@ -162,14 +150,12 @@ def plot_rate_distortion(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    _save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def plot_reconstructions(root: Path, sweep: Sweep, rows: list[dict], path: Path) -> None:
     """Every finished point's epoch-1 and late-epoch reconstruction grids in one image: a row
     per value of the first grid key, a pair of columns per combination of the others."""
-    import matplotlib.pyplot as plt
-
     done = {r["point"] for r in rows}
     points = [p for p in sweep.points if p.name in done]
     keys = list(sweep.points[0].values)
@@ -193,13 +179,13 @@ def plot_reconstructions(root: Path, sweep: Sweep, rows: list[dict], path: Path)
         late = min(p.config.figures.late_epoch, p.config.train.num_epochs)
         for j, epoch in enumerate((1, late)):
             ax = axes[r, 2 * c + j]
-            file = figures.recon_path(fig_dir, epoch)
+            file = plots.recon_path(fig_dir, epoch)
             if file.exists():
-                ax.imshow(figures.load_png(file), cmap="gray", vmin=0, vmax=255)
+                ax.imshow(plots.load_png(file), cmap="gray", vmin=0, vmax=255)
             ax.set_title(f"{short}={p.values[keys[0]]}, epoch {epoch}\n{col_names[c]}", fontsize=7)
     fig.suptitle(f"Sweep {sweep.name}: test reconstructions after epoch 1 and the late epoch")
     fig.tight_layout()
-    _save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def write_summary(root: Path, sweep: Sweep) -> str:

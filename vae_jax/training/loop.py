@@ -1,17 +1,18 @@
-"""Training: the loop around the pure step of :mod:`vae_jax.core.train_step` (the imperative shell).
+"""The epoch loop around the pure step of :mod:`vae_jax.core.train_step`.
 
-The loop syncs with the host once per epoch and whenever it saves; the step is compiled once,
-ahead of time; the step loop runs under ``jax.transfer_guard("disallow")``. A checkpoint is
-saved after every epoch, every ``checkpoint.every_steps`` steps and ``every_seconds`` seconds
-(when set), and when SIGTERM/SIGINT asks the run to stop; each holds the step, so a run resumes
-from any of them exactly where it stopped (see README, "Interrupted runs").
+:func:`train` trains one run (or several together, their step vmapped) to its last epoch.
+The step is compiled once, ahead of time, and runs under ``jax.transfer_guard("disallow")``;
+the loop syncs with the host once per epoch and whenever it saves. A checkpoint is saved after
+every epoch, every ``checkpoint.every_steps`` steps and ``every_seconds`` seconds (when set),
+and when SIGTERM/SIGINT asks the run to stop; each holds the step, so a run resumes from any of
+them exactly where it stopped (README, "Interrupted runs").
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -22,182 +23,252 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from vae_jax import config as config_lib
-from vae_jax import data as data_lib
 from vae_jax import parallel
 from vae_jax.core import objectives, rng
 from vae_jax.core.conv_ops import compile_fast
-from vae_jax.core.models import VAE, make_model
+from vae_jax.core.models import VAE
+from vae_jax.core.pixels import to_float
 from vae_jax.core.train_step import (
     TRAIN_METRICS,
     EpochSums,
     TrainState,
+    checkpoint_tree,
     epoch_permutation,
     init_state,
-    make_optimizer,
     make_train_step,
     zero_sums,
 )
-from vae_jax.errors import (
-    ConfigError,
-    DataError,
-    NonFiniteError,
-    OutputError,
-    TrainingInterrupted,
-)
-from vae_jax.evaluation import run as run_eval
+from vae_jax.data import Dataset
+from vae_jax.errors import NonFiniteError, TrainingInterrupted
 from vae_jax.evaluation.evaluators import make_test_evaluator
-from vae_jax.evaluation.trained_run import saved_like
-from vae_jax.outputs import plots as figures
+from vae_jax.outputs import plots
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
-from vae_jax.outputs.metrics import MetricsWriter, is_writer
-from vae_jax.outputs.workdir import Workdir
+from vae_jax.outputs.metrics import MetricsWriter
+from vae_jax.outputs.workdir import Workdir, is_writer
 from vae_jax.training.stopping import StopRequest
 
-NUM_FIGURE_IMAGES = 64
+
+class Member(NamedTuple):
+    """One run of those the loop trains together (usually the only one)."""
+
+    config: ml_collections.ConfigDict
+    workdir: Workdir
+    name: str
+    checkpointer: Checkpointer
+    restored: Restored | None
 
 
-def make_figure_fn(model: VAE) -> Callable:
-    """``(params, images_u8, z) -> (reconstructions, samples)``, decoder means in [0, 1].
+class Group(NamedTuple):
+    """How ``size`` runs trained together are held: one run's trees as they are, several
+    stacked along a new leading axis, with the step and the permutation vmapped over it."""
 
-    Reconstructions decode the posterior mean of each image (no noise), samples decode the
-    given latents, so grids of different epochs are directly comparable.
-    """
+    size: int
 
-    @jax.jit
-    def fn(params, images_u8, z):
-        variables = {"params": params}
-        mean, _ = model.apply(variables, data_lib.to_float(images_u8), method=VAE.encode)
-        recon = objectives.decoder_mean(model.apply(variables, mean, method=VAE.decode))
-        samples = objectives.decoder_mean(model.apply(variables, z, method=VAE.decode))
-        return recon, samples
+    def join(self, trees: list) -> Any:
+        return trees[0] if self.size == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
-    return fn
+    def part(self, tree: Any, i: int) -> Any:
+        return tree if self.size == 1 else jax.tree.map(lambda x: x[i], tree)
+
+    def mapped(self, fn: Callable, in_axes: tuple) -> Callable:
+        return fn if self.size == 1 else jax.vmap(fn, in_axes=in_axes)
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    dataset: data_lib.Dataset | None = None,
-    name: str = "",
-    force: bool = False,
-) -> list[dict]:
-    """Train ``config`` in ``workdir``, resuming from its newest valid checkpoint; return the
-    history (one record per epoch, the lines of ``metrics.jsonl``; losses in nats per image).
-
-    ``force`` starts anew: a run already in ``workdir`` is first moved aside to
-    ``<workdir>.old-<time>``. Bad input raises :class:`ConfigError`, :class:`DataError` or
-    :class:`WorkdirError` before anything is written; a stop request raises
-    :class:`TrainingInterrupted` after saving a checkpoint; a NaN raises
-    :class:`NonFiniteError` with the newest checkpoint intact.
-    """
-    mesh = parallel.make_mesh()
-    check_config(config, mesh)
-    run = Workdir(Path(workdir))
-    run.check(config, force=force)
-    if run.path.exists():
-        run.lock()  # refuse at once if another process is training here
-    try:
-        return _train(config, run, mesh, dataset, name, force)
-    finally:
-        run.unlock()
-
-
-def check_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """The config is valid and its batch sizes divide over the devices."""
-    config_lib.validate(config)
-    parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
-    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
-
-
-def restore_newest(
-    run: Workdir, config: ml_collections.ConfigDict, mesh: Mesh
-) -> tuple[Checkpointer | None, Restored | None]:
-    """The run's checkpointer and newest valid checkpoint; ``(None, None)`` without a
-    checkpoints folder (nothing is created)."""
-    if not run.checkpoints.is_dir():
-        return None, None
-    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-    return checkpointer, checkpointer.restore_latest_valid(lambda m: saved_like(config, m, mesh))
-
-
-def model_for(
-    config: ml_collections.ConfigDict,
-    dataset: data_lib.Dataset,
-    restored: Restored | None,
-    run: Workdir,
-) -> VAE:
-    """The model for ``dataset``'s images, which must be those the restored run saw."""
-    data_lib.check_dataset(dataset, config.train.batch_size)
-    if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
-        raise DataError(
-            f"images are {dataset.image_shape}, but the run in {run.path} was trained on "
-            f"{tuple(restored.meta['image_shape'])}"
+def train(
+    members: list[Member], model: VAE, tx: optax.GradientTransformation, mesh: Mesh, data: Dataset
+) -> list[list[dict]]:
+    """Train every member to its ``train.num_epochs`` (all equal), in lockstep from the same
+    step; their configs differ at most in ``seed`` and ``model.noise_scale``. Returns each
+    member's history: one record per epoch, losses in nats per image."""
+    config, group = members[0].config, Group(len(members))
+    num_epochs = config.train.num_epochs
+    state, sums, histories = _start(members, group, model, tx, data.image_shape, mesh)
+    step = members[0].restored.step if members[0].restored else 0
+    trainer = EpochTrainer(
+        model,
+        tx,
+        mesh,
+        data.train_images,
+        state,
+        sums,
+        group,
+        batch_size=config.train.batch_size,
+        log_every=config.train.log_every_steps,
+        num_epochs=num_epochs,
+        log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
+        dynamic_binarize=config.data.binarize == "dynamic",
+        noise_scales=[m.config.model.noise_scale for m in members],
+    )
+    roots = [group.part(state, i).root for i in range(group.size)]
+    outputs = [
+        EpochOutputs(model, m, mesh, data.test_images, r)
+        for m, r in zip(members, roots, strict=True)
+    ]
+    writers = [MetricsWriter(m.workdir.metrics, m.workdir.tensorboard) for m in members]
+    for writer, history in zip(writers, histories, strict=True):
+        writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
+    saver = Saver(members, group, data.image_shape)
+    clock = EpochClock(trainer.compile_seconds, config.train.batch_size)
+    spe = trainer.steps_per_epoch
+    _print_start(members, mesh, data, step, spe)
+    with StopRequest() as stop:  # from here on, SIGTERM/SIGINT stop cleanly, with a checkpoint
+        while len(histories[0]) < num_epochs and not stop.requested:
+            epoch, start = step // spe + 1, step % spe
+            sums = trainer.zeros if start == 0 else sums
+            segment = trainer.run(
+                state, sums, epoch, start, lambda s: stop.requested or saver.due(s)
+            )
+            state, sums, step = segment.state, segment.sums, segment.step
+            clock.add(segment)
+            _raise_if_nonfinite(members, group, trainer, state, sums)
+            if step % spe == 0:
+                _end_epoch(epoch, step, state, sums, histories, outputs, clock, trainer, mesh)
+            saver.save(step, state, sums, histories)
+            if step % spe == 0:
+                _write_epoch(members, writers, histories, num_epochs)
+        saver.save(step, state, sums, histories)  # a stop before the first step saves too
+    for writer in writers:
+        writer.close()
+    if len(histories[0]) < num_epochs:
+        raise _interrupted(stop.signum, step, spe)
+    for m in members:
+        print(
+            f"Done: {m.workdir.path} (figures in {m.workdir.figures}, metrics in "
+            f"{m.workdir.metrics})"
         )
-    try:
-        return make_model(config.model, dataset.image_shape)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    return histories
 
 
-def create_workdir(run: Workdir, config: ml_collections.ConfigDict, image_shape, mesh) -> None:
-    """Lock and create ``run``'s workdir, checking room for the run's checkpoints."""
-    if not run.locked:
-        run.lock()
-    like = saved_like(config, {"image_shape": image_shape}, mesh)
-    run.create(
-        config, checkpoint_bytes=sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
+def _start(
+    members: list[Member],
+    group: Group,
+    model: VAE,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    mesh: Mesh,
+) -> tuple[TrainState, EpochSums, list[list[dict]]]:
+    """The members' states and epoch sums (restored, or fresh), joined, and their histories."""
+    repl = parallel.replicated(mesh)
+    states, sums, histories = [], [], []
+    for m in members:
+        if m.restored is None:
+            init = functools.partial(init_state, m.config.seed, model, tx, image_shape)
+            states.append(jax.jit(init, out_shardings=repl)())
+            sums.append(jax.device_put(zero_sums(), repl))
+            histories.append([])
+        else:
+            states.append(m.restored.state["train_state"])
+            sums.append(m.restored.state["epoch_sums"])
+            histories.append(m.restored.meta["history"])
+    return group.join(states), group.join(sums), histories
+
+
+def _print_start(members: list[Member], mesh: Mesh, data: Dataset, step: int, spe: int) -> None:
+    n_train, batch_size = len(data.train_images), members[0].config.train.batch_size
+    where = members[0].workdir.path if len(members) == 1 else f"{len(members)} runs under jax.vmap"
+    print(
+        f"vae_jax {members[0].name or 'run'}: {where} | {mesh.devices.size} "
+        f"{jax.devices()[0].platform} device(s) | {n_train} train / {len(data.test_images)} test "
+        f"images, batch {batch_size}, {spe} steps/epoch"
+        + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
+        + (f" | resuming at step {step} (epoch {step // spe + 1})" if members[0].restored else "")
     )
 
 
-def _train(
-    config: ml_collections.ConfigDict,
-    run: Workdir,
+def _end_epoch(
+    epoch: int,
+    step: int,
+    state: TrainState,
+    sums: EpochSums,
+    histories: list[list[dict]],
+    outputs: list[EpochOutputs],
+    clock: EpochClock,
+    trainer: EpochTrainer,
     mesh: Mesh,
-    dataset: data_lib.Dataset | None,
-    name: str,
-    force: bool,
-) -> list[dict]:
-    checkpointer = None
-    try:
-        restored = None
-        if not force:
-            checkpointer, restored = restore_newest(run, config, mesh)
-            if restored is not None and len(restored.meta["history"]) >= config.train.num_epochs:
-                print(f"Run in {run.path} is finished ({len(restored.meta['history'])} epochs).")
-                if config.eval.after_training and not run_eval.is_current(run.path, restored.step):
-                    run_eval.evaluate_run(run.path, dataset=dataset)
-                return restored.meta["history"]
-        if dataset is None:
-            dataset = data_lib.load_dataset(config.data)
-        model = model_for(config, dataset, restored, run)
-
-        # --- nothing was written before this line (but the lock of an existing workdir) ---
-        if force and (moved := run.move_aside()) is not None:
-            run.unlock()
-            print(f"--force: moved the previous run in {run.path} to {moved}")
-        create_workdir(run, config, dataset.image_shape, mesh)
-        if checkpointer is None:
-            checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep)
-        try:
-            member = Member(config, run, name, checkpointer, restored)
-            history = train_members([member], mesh, dataset, model)[0]
-            if config.eval.after_training:
-                run_eval.evaluate_run(run.path, dataset=dataset)
-            return history
-        except OSError as e:  # a figure, metrics.jsonl or an event file
-            steps = checkpointer.steps()
-            newest = f"step {steps[-1]}; rerunning the command resumes from it" if steps else "none"
-            raise OutputError(
-                f"could not write to the workdir: {e}. Check free space and permissions in "
-                f"{run.path}; the newest valid checkpoint is {newest}."
-            ) from e
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
+) -> None:
+    """Evaluate and draw each run, and append its epoch's record to its history."""
+    group, spe = trainer.group, trainer.steps_per_epoch
+    means = np.asarray(jax.device_get(sums.metrics)).reshape(group.size, -1) / spe
+    for i, (history, out) in enumerate(zip(histories, outputs, strict=True)):
+        test, eval_seconds = out.evaluate_and_draw(group.part(state, i).params, epoch)
+        history.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                **{
+                    f"train_{k}_nats": float(v)
+                    for k, v in zip(TRAIN_METRICS, means[i], strict=True)
+                },
+                **{f"test_{k}_nats": v for k, v in test.items()},
+                "train_seconds": clock.seconds,
+                # per run: models trained together share the seconds
+                "images_per_sec": clock.images_per_sec,
+                "eval_seconds": eval_seconds,
+                "compile_seconds": clock.compile_seconds,
+                "devices": mesh.devices.size,
+                "models_together": group.size,
+                "time": time.time(),
+            }
+        )
+    clock.reset()
 
 
-class _Segment(NamedTuple):
+def _write_epoch(
+    members: list[Member], writers: list[MetricsWriter], histories: list, num_epochs: int
+) -> None:
+    for m, writer, history in zip(members, writers, histories, strict=True):
+        writer.write(history)
+        prefix = f"{m.name}: " if len(members) > 1 else ""
+        tqdm.write(prefix + format_epoch(history[-1], num_epochs))
+
+
+def format_epoch(record: dict, num_epochs: int) -> str:
+    """The line printed after each epoch."""
+    return (
+        f"epoch {record['epoch']:2d}/{num_epochs}  "
+        f"train loss {record['train_loss_nats']:.2f} "
+        f"(recon {record['train_recon_nats']:.2f}, KL {record['train_kl_nats']:.2f})  "
+        f"test -ELBO {record['test_neg_elbo_nats']:.2f}  "
+        f"[{record['train_seconds']:.1f} s, {record['images_per_sec']:.0f} img/s]"
+    )
+
+
+def _interrupted(signum: int | None, step: int, spe: int) -> TrainingInterrupted:
+    assert signum is not None
+    done_epochs = (step - 1) // spe if step else 0
+    return TrainingInterrupted(signum, step, done_epochs + 1, step - done_epochs * spe, spe)
+
+
+class Saver:
+    """Saves every member's checkpoint at a step, once per step; says when one is due: every
+    ``checkpoint.every_steps`` steps and every ``checkpoint.every_seconds`` seconds, if set."""
+
+    def __init__(self, members: list[Member], group: Group, image_shape: tuple[int, ...]):
+        self.members, self.group, self.image_shape = members, group, list(image_shape)
+        self.every_steps = members[0].config.checkpoint.every_steps
+        self.every_seconds = members[0].config.checkpoint.every_seconds
+        restored = members[0].restored
+        self.saved_step = restored.step if restored else None
+        self.last_save = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        return (self.every_steps > 0 and step % self.every_steps == 0) or (
+            self.every_seconds > 0 and time.monotonic() - self.last_save >= self.every_seconds
+        )
+
+    def save(self, step: int, state: TrainState, sums: EpochSums, histories: list) -> None:
+        if step == self.saved_step:
+            return
+        for i, m in enumerate(self.members):
+            tree = checkpoint_tree(self.group.part(state, i), self.group.part(sums, i))
+            meta = {"epoch": len(histories[i]), "step": step, "image_shape": self.image_shape}
+            m.checkpointer.save(step, tree, {**meta, "history": histories[i]})
+        self.saved_step, self.last_save = step, time.monotonic()
+
+
+class Segment(NamedTuple):
+    """Steps run without a host sync: from a start to the epoch's end or a pause."""
+
     state: TrainState
     sums: EpochSums
     step: int  # global step reached
@@ -205,187 +276,40 @@ class _Segment(NamedTuple):
     seconds: float
 
 
-class Member(NamedTuple):
-    """One run of those a loop trains together (one, or several under ``jax.vmap``)."""
+class EpochClock:
+    """The epoch's training seconds and steps so far (segments add up), and compile time."""
 
-    config: ml_collections.ConfigDict
-    run: Workdir
-    name: str
-    checkpointer: Checkpointer
-    restored: Restored | None
+    def __init__(self, compile_seconds: float, batch_size: int):
+        self.batch_size = batch_size
+        self.compile_seconds, self.seconds, self.steps = compile_seconds, 0.0, 0
+
+    def add(self, segment: Segment) -> None:
+        self.seconds += segment.seconds
+        self.steps += segment.steps
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.steps * self.batch_size / self.seconds
+
+    def reset(self) -> None:
+        self.compile_seconds, self.seconds, self.steps = 0.0, 0.0, 0
 
 
-def stack(trees: list) -> Any:
-    """The trees of several runs as one, each leaf with a new leading axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda x: x[i], tree)
-
-
-def train_members(
-    members: list[Member], mesh: Mesh, dataset: data_lib.Dataset, model: VAE
-) -> list[list[dict]]:
-    """Train every member to its ``train.num_epochs`` (all equal), in lockstep, from the same
-    step; one member trains with the plain step, several with it vmapped over their states and
-    noise scales (their configs differ only in ``seed`` and ``model.noise_scale``). Returns
-    each member's history."""
-    config = members[0].config
-    grouped = len(members) > 1
-    tx = make_optimizer(config)
-    batch_size, num_epochs = config.train.batch_size, config.train.num_epochs
-    n_train = len(dataset.train_images)
-    spe = n_train // batch_size
-    repl = parallel.replicated(mesh)
-    states, sums_list, histories = [], [], []
-    for m in members:
-        if m.restored is None:
-            states.append(
-                jax.jit(
-                    lambda c=m.config: init_state(c, model, tx, dataset.image_shape),
-                    out_shardings=repl,
-                )()
-            )
-            sums_list.append(jax.device_put(zero_sums(), repl))
-            histories.append([])
-        else:
-            states.append(m.restored.state["train_state"])
-            sums_list.append(m.restored.state["epoch_sums"])
-            histories.append(m.restored.meta["history"])
-    restored = members[0].restored
-    step = restored.step if restored else 0
-    saved_step = step if restored else None
-    state, sums = (stack(states), stack(sums_list)) if grouped else (states[0], sums_list[0])
-    noise_scales = [m.config.model.noise_scale for m in members] if grouped else None
-    writers = [MetricsWriter(m.run.path) for m in members]
-    for writer, history in zip(writers, histories, strict=True):
-        writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
-    n_devices, platform = mesh.devices.size, jax.devices()[0].platform
-    where = members[0].run.path if not grouped else f"{len(members)} runs under jax.vmap"
-    print(
-        f"vae_jax {members[0].name or 'run'}: {where} | {n_devices} {platform} device(s) | "
-        f"{n_train} train / {len(dataset.test_images)} test images, batch {batch_size}, "
-        f"{spe} steps/epoch"
-        + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
-        + (f" | resuming at step {step} (epoch {step // spe + 1})" if restored else "")
-    )
-    every_steps, every_seconds = config.checkpoint.every_steps, config.checkpoint.every_seconds
-    last_save = time.monotonic()
-
-    def member(tree: Any, i: int) -> Any:
-        return unstack(tree, i) if grouped else tree
-
-    def save() -> None:
-        nonlocal saved_step, last_save
-        for i, m in enumerate(members):
-            meta = {
-                "epoch": len(histories[i]),
-                "step": step,
-                "image_shape": list(dataset.image_shape),
-            }
-            m.checkpointer.save(
-                step,
-                {"train_state": member(state, i), "epoch_sums": member(sums, i)},
-                {**meta, "history": histories[i]},
-            )
-        saved_step, last_save = step, time.monotonic()
-
-    with StopRequest() as stop:  # from here on, SIGTERM/SIGINT stop cleanly, with a checkpoint
-
-        def pause(at: int) -> bool:
-            return (
-                stop.requested
-                or (every_steps > 0 and at % every_steps == 0)
-                or (every_seconds > 0 and time.monotonic() - last_save >= every_seconds)
-            )
-
-        trainer = EpochTrainer(
-            model, tx, config, mesh, dataset.train_images, state, sums, noise_scales
-        )
-        outputs = [
-            EpochOutputs(
-                model,
-                m.config,
-                mesh,
-                dataset.test_images,
-                member(state, i).root,
-                m.run.figures,
-                m.name,
-            )
-            for i, m in enumerate(members)
-        ]
-        epoch_seconds, epoch_steps, compile_seconds = 0.0, 0, trainer.compile_seconds
-        while len(histories[0]) < num_epochs and not stop.requested:
-            epoch, start = step // spe + 1, step % spe
-            if start == 0:
-                sums = trainer.zeros
-            segment = trainer.run(state, sums, epoch, start, pause)
-            state, sums, step = segment.state, segment.sums, segment.step
-            epoch_seconds += segment.seconds
-            epoch_steps += segment.steps
-            first_bad = np.asarray(jax.device_get(sums.first_bad)).reshape(-1)
-            for i, bad in enumerate(first_bad):
-                if bad >= 0:
-                    m = members[i]
-                    raise _nonfinite_error(
-                        trainer, member(state, i), int(bad), m.checkpointer, m.config, m.run.path
-                    )
-            epoch_done = step % spe == 0
-            if epoch_done:
-                all_means = np.asarray(jax.device_get(sums.metrics)).reshape(len(members), -1)
-                for i, out in enumerate(outputs):
-                    test, eval_seconds = out.evaluate_and_draw(member(state, i).params, epoch)
-                    train = dict(zip(TRAIN_METRICS, all_means[i] / spe, strict=True))
-                    histories[i].append(
-                        {
-                            "epoch": epoch,
-                            "step": step,
-                            **{f"train_{k}_nats": float(v) for k, v in train.items()},
-                            **{f"test_{k}_nats": v for k, v in test.items()},
-                            "train_seconds": epoch_seconds,
-                            # per run: models trained together share the seconds
-                            "images_per_sec": epoch_steps * batch_size / epoch_seconds,
-                            "eval_seconds": eval_seconds,
-                            "compile_seconds": compile_seconds,
-                            "devices": n_devices,
-                            "models_together": len(members),
-                            "time": time.time(),
-                        }
-                    )
-                epoch_seconds, epoch_steps, compile_seconds = 0.0, 0, 0.0
-            if step != saved_step:
-                save()
-            if epoch_done:
-                for i, (writer, history) in enumerate(zip(writers, histories, strict=True)):
-                    writer.write(history)
-                    prefix = f"{members[i].name}: " if grouped else ""
-                    tqdm.write(prefix + _format_epoch(history[-1], num_epochs))
-        if len(histories[0]) < num_epochs and step != saved_step:
-            save()  # stopped before the first step: the claim "a checkpoint is saved" holds
-
-    for writer in writers:
-        writer.close()
-    if len(histories[0]) < num_epochs:
-        assert stop.signum is not None
-        done_epochs = (step - 1) // spe if step else 0
-        raise TrainingInterrupted(stop.signum, step, done_epochs + 1, step - done_epochs * spe, spe)
-    for m, writer in zip(members, writers, strict=True):
-        print(f"Done: {m.run.path} (figures in {m.run.figures}, metrics in {writer.path})")
-    return histories
+def _raise_if_nonfinite(
+    members: list[Member], group: Group, trainer: EpochTrainer, state: TrainState, sums: EpochSums
+) -> None:
+    first_bad = np.asarray(jax.device_get(sums.first_bad)).reshape(-1)
+    for i, bad in enumerate(first_bad):
+        if bad >= 0:
+            raise _nonfinite_error(trainer, group.part(state, i), int(bad), members[i])
 
 
 def _nonfinite_error(
-    trainer: EpochTrainer,
-    state: TrainState,
-    first_bad: int,
-    checkpointer: Checkpointer,
-    config: ml_collections.ConfigDict,
-    path: Path,
+    trainer: EpochTrainer, state: TrainState, first_bad: int, member: Member
 ) -> NonFiniteError:
-    spe = trainer.steps_per_epoch
+    spe, config = trainer.steps_per_epoch, member.config
     indices = trainer.batch_indices(state, first_bad)
-    steps = checkpointer.steps()
+    steps = member.checkpointer.steps()
     newest = (
         f"The newest checkpoint (step {steps[-1]}) predates it and is intact; rerunning the "
         f"command resumes from there and meets the same batch at step {first_bad} again."
@@ -399,81 +323,83 @@ def _nonfinite_error(
     hints.append("checking those images")
     return NonFiniteError(
         f"non-finite loss or gradient at step {first_bad} (epoch {first_bad // spe + 1}, "
-        f"batch {first_bad % spe + 1} of {spe}) of the run in {path}; the update was not "
-        "applied and training "
-        f"stopped. The batch held training images [{shown}] (positions in the training "
-        f"set). {newest} Things to try: {'; '.join(hints)}."
-    )
-
-
-def _format_epoch(record: dict, num_epochs: int) -> str:
-    return (
-        f"epoch {record['epoch']:2d}/{num_epochs}  "
-        f"train loss {record['train_loss_nats']:.2f} "
-        f"(recon {record['train_recon_nats']:.2f}, KL {record['train_kl_nats']:.2f})  "
-        f"test -ELBO {record['test_neg_elbo_nats']:.2f}  "
-        f"[{record['train_seconds']:.1f} s, {record['images_per_sec']:.0f} img/s]"
+        f"batch {first_bad % spe + 1} of {spe}) of the run in {member.workdir.path}; the update "
+        f"was not applied and training stopped. The batch held training images [{shown}] "
+        f"(positions in the training set). {newest} Things to try: {'; '.join(hints)}."
     )
 
 
 class EpochTrainer:
     """The training set on the devices, the train step compiled once, and the step loop.
 
-    With ``noise_scales`` (one per model) the state and sums hold several models along a
-    leading axis and the step is ``jax.vmap``-ed over them (and their noise scales)."""
+    For a :class:`Group` of several runs the state and sums hold them along a leading axis,
+    and the step is vmapped over them and their noise scales."""
 
     def __init__(
         self,
         model: VAE,
         tx: optax.GradientTransformation,
-        config: ml_collections.ConfigDict,
         mesh: Mesh,
         train_images: np.ndarray,
         state: TrainState,
         sums: EpochSums,
-        noise_scales: list[float] | None = None,
+        group: Group,
+        *,
+        batch_size: int,
+        log_every: int,
+        num_epochs: int,
+        log_lik: objectives.LogLikelihood,
+        dynamic_binarize: bool,
+        noise_scales: list[float],
     ):
-        self.batch_size = config.train.batch_size
-        self.num_epochs = config.train.num_epochs
-        self.log_every = config.train.log_every_steps
-        self.models = 1 if noise_scales is None else len(noise_scales)
+        self.group, self.batch_size, self.log_every = group, batch_size, log_every
+        self.num_epochs = num_epochs
         n = len(train_images)
-        self.steps_per_epoch = n // self.batch_size
+        self.steps_per_epoch = n // batch_size
         repl = parallel.replicated(mesh)
         self.images = jax.device_put(train_images, repl)
+        self.zeros = jax.device_put(group.join([zero_sums()] * group.size), repl)
 
         def permute(key_data, epoch):
             return epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n)
 
-        step = make_train_step(model, tx, config, self.steps_per_epoch, mesh)
-        self.zeros = jax.device_put(zero_sums(), repl)
-        if noise_scales is not None:
-            permute = jax.vmap(permute, in_axes=(0, None))
-            scales = jnp.asarray(noise_scales, jnp.float32)
-            vstep = jax.vmap(step, in_axes=(0, 0, None, 0, 0))
+        mapped = group.mapped(
+            make_train_step(
+                model,
+                tx,
+                log_lik,
+                batch_size=batch_size,
+                steps_per_epoch=self.steps_per_epoch,
+                dynamic_binarize=dynamic_binarize,
+                batch_sharding=parallel.batch_sharding(mesh),
+            ),
+            (0, 0, None, 0, 0),
+        )
+        scales = noise_scales[0] if group.size == 1 else jnp.asarray(noise_scales, jnp.float32)
 
-            def step(state, sums, images, perm):
-                return vstep(state, sums, images, perm, scales)
+        def step(state, sums, images, perm):
+            return mapped(state, sums, images, perm, scales)
 
-            self.zeros = jax.device_put(stack([zero_sums()] * self.models), repl)
-        self._permute = jax.jit(permute, out_shardings=repl)
+        self._permute = jax.jit(group.mapped(permute, (0, None)), out_shardings=repl)
+        self._step, self.compile_seconds = self._compile(step, state, sums, repl)
+
+    def _compile(self, step: Callable, state: TrainState, sums: EpochSums, repl) -> tuple:
+        """The step compiled ahead of time (a later call with other shapes or shardings fails
+        loudly instead of silently recompiling), and the seconds it took."""
+        start = time.perf_counter()
         state_sharding = jax.tree.map(lambda _: repl, state)
         sums_sharding = jax.tree.map(lambda _: repl, sums)
-        start = time.perf_counter()
-        # Compiled ahead of time: a later call with other shapes or shardings fails loudly
-        # instead of silently recompiling.
         lowered = jax.jit(
             step,
             in_shardings=(state_sharding, sums_sharding, repl, repl),
             out_shardings=(state_sharding, sums_sharding),
             donate_argnums=0,
         ).lower(state, sums, self.images, self._permute(state.rng, jnp.int32(0)))
-        self._step = compile_fast(lowered)
-        self.compile_seconds = time.perf_counter() - start
+        return compile_fast(lowered), time.perf_counter() - start
 
     def batch_indices(self, state: TrainState, step: int) -> list[int]:
         """Positions in the training set of the batch of global ``step`` (``state``: one
-        model's)."""
+        run's)."""
         epoch = jnp.int32(step // self.steps_per_epoch)
         perm = jax.device_get(epoch_permutation(state.root, epoch, len(self.images)))
         offset = (step % self.steps_per_epoch) * self.batch_size
@@ -486,12 +412,12 @@ class EpochTrainer:
         epoch: int,
         start: int,
         pause: Callable[[int], bool],
-    ) -> _Segment:
+    ) -> Segment:
         """Run epoch ``epoch`` (1-based) from its step ``start`` to its end, or until
         ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
         spe = self.steps_per_epoch
         perm = self._permute(state.rng, jnp.int32(epoch - 1))
-        per_step = self.batch_size * self.models  # images/s counts every model's images
+        per_step = self.batch_size * self.group.size  # images/s counts every run's images
         bar = tqdm(
             total=spe * per_step,
             initial=start * per_step,
@@ -525,43 +451,65 @@ class EpochTrainer:
             jax.block_until_ready(sums)
         seconds = time.perf_counter() - t0
         bar.close()
-        return _Segment(state, sums, step, i - start, seconds)
+        return Segment(state, sums, step, i - start, seconds)
+
+
+def make_figure_fn(model: VAE) -> Callable:
+    """``(params, images_u8, z) -> (reconstructions, samples)``, decoder means in [0, 1].
+
+    Reconstructions decode the posterior mean of each image (no noise), samples decode the
+    given latents, so grids of different epochs are directly comparable.
+    """
+
+    @jax.jit
+    def fn(params, images_u8, z):
+        variables = {"params": params}
+        mean, _ = model.apply(variables, to_float(images_u8), method=VAE.encode)
+        recon = objectives.decoder_mean(model.apply(variables, mean, method=VAE.decode))
+        samples = objectives.decoder_mean(model.apply(variables, z, method=VAE.decode))
+        return recon, samples
+
+    return fn
 
 
 class EpochOutputs:
-    """After each epoch: the test-set evaluation and the figures (process 0 draws)."""
+    """After each epoch, for one run: the test-set evaluation and the figures (process 0
+    draws)."""
 
     def __init__(
-        self,
-        model: VAE,
-        config: ml_collections.ConfigDict,
-        mesh: Mesh,
-        test_images: np.ndarray,
-        root: jax.Array,
-        figures_dir: Path,
-        name: str,
+        self, model: VAE, member: Member, mesh: Mesh, test_images: np.ndarray, root: jax.Array
     ):
-        self._evaluate = make_test_evaluator(model, config, test_images, mesh, root)
+        config = member.config
+        self._evaluate = make_test_evaluator(
+            model,
+            test_images,
+            mesh,
+            root,
+            log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
+            noise_scale=config.model.noise_scale,
+            batch_size=config.eval.batch_size,
+            num_samples=config.eval.num_samples,
+        )
         self._draw = make_figure_fn(model)
-        self._images = test_images[:NUM_FIGURE_IMAGES]
+        self._images = test_images[: plots.FIGURE_IMAGES]
         self._z = jax.random.normal(
             rng.stream(root, rng.Stream.FIGURES), (len(self._images), config.model.latent_dim)
         )
-        self._dir = figures_dir
+        self._dir = member.workdir.figures
         self._late_epoch = config.figures.late_epoch
-        self._title = _figure_title(name, config)
+        self._title = _figure_title(member.name, config)
         if is_writer():
-            figures.save_grid(figures_dir / "originals.png", data_lib.to_float(self._images))
+            plots.save_grid(self._dir / "originals.png", to_float(self._images))
 
     def evaluate_and_draw(self, params: Any, epoch: int) -> tuple[dict, float]:
         start = time.perf_counter()
         test = self._evaluate(params)
         recon, samples = self._draw(params, self._images, self._z)
         if is_writer():
-            figures.save_grid(figures.recon_path(self._dir, epoch), np.asarray(recon))
-            figures.save_grid(figures.samples_path(self._dir, epoch), np.asarray(samples))
+            plots.save_grid(plots.recon_path(self._dir, epoch), np.asarray(recon))
+            plots.save_grid(plots.samples_path(self._dir, epoch), np.asarray(samples))
             late = min(self._late_epoch, epoch)
-            figures.save_reconstructions_figure(self._dir, 1, late, title=self._title)
+            plots.save_reconstructions_figure(self._dir, 1, late, title=self._title)
         return test, time.perf_counter() - start
 
 
