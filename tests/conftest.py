@@ -50,24 +50,21 @@ def mnist_dir() -> str:
     return d
 
 
-def small_config(**overrides):
-    """The seed config shrunk for tests; ``overrides`` are dotted keys, e.g. model__latent_dim."""
-    from vae_jax.config import base_config
+SMALL = {
+    "train.batch_size": 32,
+    "train.num_epochs": 2,
+    "train.log_every_steps": 4,
+    "eval.batch_size": 64,
+    "eval.iwae_k": 8,
+    "eval.after_training": False,  # tests that want it turn it on
+}
 
-    config = base_config()
-    config.train.batch_size = 32
-    config.train.num_epochs = 2
-    config.train.log_every_steps = 4
-    config.eval.batch_size = 64
-    config.eval.iwae_k = 8
-    config.eval.after_training = False  # tests that want it turn it on
-    for key, value in overrides.items():
-        *parents, leaf = key.split("__")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+
+def small_config(values: dict | None = None):
+    """The seed config shrunk for tests, with ``values`` ({dotted key: value}) set."""
+    from vae_jax.config import base_config, with_values
+
+    return with_values(base_config(), {**SMALL, **(values or {})}, "test config")
 
 
 def synthetic_dataset(n_train: int = 256, n_test: int = 96, seed: int = 0):

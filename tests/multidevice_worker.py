@@ -29,7 +29,7 @@ def noise_shards_differ() -> bool:
 
 
 def main(workdir: str) -> None:
-    config = small_config(train__num_epochs=3, eval__after_training=True)
+    config = small_config({"train.num_epochs": 3, "eval.after_training": True})
     history = train_and_evaluate(config, workdir, synthetic_dataset())
     params = restore_run(workdir)[2].params
     print(

@@ -17,7 +17,7 @@ from vae_jax.training.run import train_and_evaluate
 def main(process_id: int, num_processes: int, port: int, workdir: str) -> None:
     if num_processes:
         parallel.initialize_distributed(f"127.0.0.1:{port}", num_processes, process_id)
-    config = small_config(train__num_epochs=2)
+    config = small_config({"train.num_epochs": 2})
     history = train_and_evaluate(config, workdir, synthetic_dataset())
     params = restore_run(workdir)[2].params  # every process takes part in the restore
     print(

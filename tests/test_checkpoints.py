@@ -136,9 +136,9 @@ def test_run_resumes_from_the_newest_valid_checkpoint(tmp_path):
     """Damage the newest checkpoint of a 3-epoch run; extending it to 4 epochs falls back to
     epoch 2 and still ends bit for bit where an uninterrupted 4-epoch run ends."""
     data = synthetic_dataset()
-    train_and_evaluate(small_config(train__num_epochs=4), tmp_path / "full", data)
-    train_and_evaluate(small_config(train__num_epochs=3), tmp_path / "run", data)
+    train_and_evaluate(small_config({"train.num_epochs": 4}), tmp_path / "full", data)
+    train_and_evaluate(small_config({"train.num_epochs": 3}), tmp_path / "run", data)
     _largest_file(tmp_path / "run" / "checkpoints" / "24" / "state").unlink()
-    history = train_and_evaluate(small_config(train__num_epochs=4), tmp_path / "run", data)
+    history = train_and_evaluate(small_config({"train.num_epochs": 4}), tmp_path / "run", data)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     _assert_trees_equal(restore_run(tmp_path / "full")[2], restore_run(tmp_path / "run")[2])

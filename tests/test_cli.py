@@ -43,8 +43,14 @@ def test_smoke_run_writes_figures_metrics_and_resumes(tmp_path, mnist_dir):
     again = run_cli("train", "mnist_z20", "--workdir", str(workdir), *SMALL)
     assert again.returncode == 0 and "is finished (2 epochs)" in again.stdout
 
+    # The flax examples' form: the same config, so the run resumes (a different one is refused).
     more = run_cli(
-        "train", "mnist_z20", "--workdir", str(workdir), *SMALL[:-1], "--config.train.num_epochs=3"
+        "train",
+        "--config=experiments/mnist_z20.py",
+        "--workdir",
+        str(workdir),
+        *SMALL[:-1],
+        "--config.train.num_epochs=3",
     )
     assert more.returncode == 0, more.stderr[-3000:]
     assert "resuming at step 24 (epoch 3)" in more.stdout and "epoch  3/3" in more.stdout
@@ -63,6 +69,8 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PL
         (["mnist_z20", "--config.model.latent_dim=-1"], {}, "expected an integer from 1 to"),
         (["mnist_z20", "--config.data.binarize=maybe"], {}, "one of none, dynamic, static"),
         (["mnist_z20", "--lr=3"], {}, "unrecognized argument '--lr=3'"),
+        (["mnist_z20", "--config=experiments/mnist_z20.py"], {}, "not both"),
+        (["--config=experiments/nope.py"], {}, "unknown experiment 'experiments/nope.py'"),
         (
             ["mnist_z20", "--config.train.batch_size=50"],
             FOUR_DEVICES,

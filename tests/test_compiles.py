@@ -36,7 +36,7 @@ def test_no_compilation_after_the_first_epoch(tmp_path, monkeypatch):
     logger.addHandler(handler)
     try:
         with jax.log_compiles():
-            config = small_config(train__num_epochs=3)
+            config = small_config({"train.num_epochs": 3})
             train_and_evaluate(config, tmp_path / "run", synthetic_dataset())
     finally:
         logger.removeHandler(handler)

@@ -1,4 +1,4 @@
-"""Experiment discovery, command-line overrides and validation."""
+"""Experiment discovery, command-line overrides (ml_collections.config_flags) and validation."""
 
 import contextlib
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vae_jax import config as config_lib
-from vae_jax.config import ConfigError, apply_overrides, base_config, split_override_args
+from vae_jax.config import ConfigError, base_config, override
 
 
 def test_every_experiment_loads_and_validates():
@@ -38,40 +38,47 @@ def test_mnist_z20_is_the_seed_setup():
     assert c.data.binarize == "none"
 
 
+def test_an_experiment_by_name_or_by_path_is_the_same_config():
+    path = config_lib.experiment_path("mnist_z20")
+    assert config_lib.load_experiment(str(path)) == config_lib.load_experiment("mnist_z20")
+
+
 def test_unknown_experiment_lists_the_available_ones():
     with pytest.raises(ConfigError, match=r"unknown experiment 'mnist_z2O'.*mnist_z20"):
         config_lib.load_experiment("mnist_z2O")
 
 
-def test_split_override_args_both_forms():
-    assert split_override_args(["--config.model.latent_dim=10", "--config.seed", "3"]) == [
-        ("model.latent_dim", "10"),
-        ("seed", "3"),
+def test_override_keys_both_forms():
+    assert config_lib.override_keys(["--config.model.latent_dim=10", "--config.seed", "3"]) == [
+        "model.latent_dim",
+        "seed",
     ]
-    with pytest.raises(ConfigError, match="unrecognized argument"):
-        split_override_args(["--lr=3"])
-    with pytest.raises(ConfigError, match="no value"):
-        split_override_args(["--config.seed"])
+    for bad in (["--lr=3"], ["3"], ["--config.seed=1", "3"]):
+        with pytest.raises(ConfigError, match="unrecognized argument"):
+            config_lib.override_keys(bad)
 
 
 def test_overrides_are_typed_by_the_default():
-    c = apply_overrides(
+    c = override(
         base_config(),
         [
-            ("model.latent_dim", "10"),
-            ("model.noise_scale", "2"),
-            ("train.learning_rate", "3e-4"),
-            ("model.mlp_hidden_dims", "200,200"),
-            ("data.binarize", "dynamic"),
-            ("model.arch", "mlp"),
+            "--config.model.latent_dim=10",
+            "--config.model.noise_scale=2",
+            "--config.train.learning_rate",
+            "3e-4",
+            "--config.model.mlp_hidden_dims=200,200",
+            "--config.data.binarize=dynamic",
+            "--config.model.arch=mlp",
+            "--config.eval.after_training=false",
         ],
     )
     assert c.model.latent_dim == 10 and isinstance(c.model.latent_dim, int)
     assert c.model.noise_scale == 2.0 and isinstance(c.model.noise_scale, float)
     assert c.train.learning_rate == 3e-4
     assert c.model.mlp_hidden_dims == (200, 200)
-    assert apply_overrides(
-        base_config(), [("model.mlp_hidden_dims", "[300]")]
+    assert c.eval.after_training is False
+    assert override(
+        base_config(), ["--config.model.mlp_hidden_dims=[300]"]
     ).model.mlp_hidden_dims == (300,)
     assert base_config().model.latent_dim == 20  # the input is not modified
 
@@ -89,27 +96,36 @@ def test_overrides_are_typed_by_the_default():
         ("model.latent_dim", "-3", r"expected an integer from 1 to 2147483647"),
         ("seed", str(2**40), r"seed=1099511627776 is invalid; expected an integer from 0 to"),
         ("checkpoint.every_seconds", "-1", r"expected a finite number >= 0"),
-        ("model.latent_dim", "2.5", r"expected an integer"),
+        ("model.latent_dim", "2.5", r"model.latent_dim='2.5' is invalid; expected an integer"),
         ("model.noise_scale", "0", r"expected a finite number > 0"),
         ("model.noise_scale", "nan", r"expected a finite number > 0"),
-        ("model.noise_scale", "abc", r"expected a number"),
+        ("model.noise_scale", "abc", r"model.noise_scale='abc' is invalid; expected a finite"),
         ("model.arch", "resnet", r"expected one of conv, mlp"),
         ("model.likelihood", "poisson", r"expected one of bernoulli, gaussian"),
         ("data.binarize", "yes", r"expected one of none, dynamic, static"),
+        ("eval.after_training", "maybe", r"expected true or false"),
         ("model.mlp_hidden_dims", "500,-1", r"non-empty list of positive integers"),
-        ("model.mlp_hidden_dims", "a,b", r"comma-separated list of integers"),
+        ("model.mlp_hidden_dims", "a,b", r"non-empty list of positive integers"),
         ("data.train_size", "50", r"smaller than train.batch_size=100"),
         ("model", "3", r"unknown config key 'model'"),
     ],
 )
 def test_bad_overrides_name_the_problem(key, value, message):
     with pytest.raises(ConfigError, match=message):
-        apply_overrides(base_config(), [(key, value)])
+        override(base_config(), [f"--config.{key}={value}"])
+
+
+def test_every_setting_has_a_valid_default_and_a_doc():
+    config_lib.validate(base_config())
+    for key, setting in config_lib.SETTINGS.items():
+        assert setting.check.accepts(setting.default) and setting.doc, key
 
 
 def test_diff_ignores_nothing_but_reports_changes():
     saved = config_lib.to_json_dict(base_config())
-    changed = apply_overrides(base_config(), [("model.latent_dim", "5"), ("train.num_epochs", "3")])
+    changed = override(
+        base_config(), ["--config.model.latent_dim=5", "--config.train.num_epochs=3"]
+    )
     assert config_lib.diff(saved, changed) == {
         "model.latent_dim": (20, 5),
         "train.num_epochs": (10, 3),
@@ -136,7 +152,7 @@ VALUES = st.one_of(
 def test_random_overrides_apply_or_fail_clearly(overrides):
     """Any keys and values: a validated config, or a ConfigError; never another exception."""
     try:
-        config = apply_overrides(base_config(), overrides)
+        config = override(base_config(), [f"--config.{k}={v}" for k, v in overrides])
     except ConfigError as e:
         assert str(e)
         return
@@ -154,6 +170,6 @@ def test_random_overrides_apply_or_fail_clearly(overrides):
         max_size=5,
     )
 )
-def test_random_command_lines_split_or_fail_clearly(args):
+def test_random_command_lines_apply_or_fail_clearly(args):
     with contextlib.suppress(ConfigError):
-        apply_overrides(base_config(), split_override_args(args))
+        override(base_config(), args)

@@ -35,7 +35,7 @@ VOLATILE = {"seconds", "iwae_seconds", "peak_host_rss_bytes", "workdir"}
 def trained(tmp_path_factory):
     """A small conv VAE trained for 3 epochs on synthetic strokes, evaluated after training."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    config = small_config(train__num_epochs=3, eval__after_training=True, eval__iwae_k=16)
+    config = small_config({"train.num_epochs": 3, "eval.after_training": True, "eval.iwae_k": 16})
     dataset = synthetic_dataset()
     train_and_evaluate(config, workdir, dataset=dataset)
     config, model, state, _ = restore_run(workdir)
@@ -176,7 +176,7 @@ def _collapse(params, noise_scale: float):
 def test_bound_of_a_prior_posterior_and_constant_decoder_is_the_exact_likelihood(arch, noise_scale):
     """With noise_scale s the encoder's stddev is 1/s, so only the q actually sampled (stddev
     s * 1/s = 1) equals the prior: a bound that used the unscaled q would be off."""
-    config = small_config(model__arch=arch, model__noise_scale=noise_scale, eval__iwae_k=7)
+    config = small_config({"model.arch": arch, "model.noise_scale": noise_scale, "eval.iwae_k": 7})
     dataset = synthetic_dataset(n_test=20)
     images = (dataset.test_images > 127).astype(np.uint8) * 255  # binary: a true likelihood
     model = make_model(images.shape[1:], **config.model)
@@ -233,14 +233,16 @@ def test_eval_json_is_consistent_and_names_its_figures(trained):
 def test_eval_at_a_chosen_step_writes_its_own_file(trained):
     workdir, *_, dataset = trained
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    r = evaluate_run(workdir, [("eval.iwae_k", "2")], step=steps[0], dataset=dataset)
+    r = evaluate_run(workdir, ["--config.eval.iwae_k=2"], step=steps[0], dataset=dataset)
     assert r["step"] == steps[0] and r["iwae_k"] == 2
     assert json.loads((workdir / f"eval_step_{steps[0]}.json").read_text())["iwae_k"] == 2
     assert json.loads((workdir / "eval.json").read_text())["iwae_k"] == 16
 
 
 def test_two_dimensional_latents_get_the_manifold_and_scatter(tmp_path):
-    config = small_config(model__latent_dim=2, train__num_epochs=1, eval__after_training=True)
+    config = small_config(
+        {"model.latent_dim": 2, "train.num_epochs": 1, "eval.after_training": True}
+    )
     train_and_evaluate(config, tmp_path / "run", dataset=synthetic_dataset())
     r = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert {"manifold.png", "latent_scatter.png", "traversals.png"} <= set(r["figures"])
@@ -251,7 +253,7 @@ def test_two_dimensional_latents_get_the_manifold_and_scatter(tmp_path):
 def test_only_eval_keys_may_be_overridden(trained):
     workdir, *_, dataset = trained
     with pytest.raises(ConfigError, match="only eval"):
-        evaluate_run(workdir, [("model.latent_dim", "3")], dataset=dataset)
+        evaluate_run(workdir, ["--config.model.latent_dim=3"], dataset=dataset)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ POISON = 13  # a pixel value the synthetic images (0 or 255) never have
 
 def test_poisoned_batch_stops_the_run_before_any_bad_save(tmp_path, monkeypatch):
     data = synthetic_dataset()
-    config = small_config(checkpoint__every_steps=2)
+    config = small_config({"checkpoint.every_steps": 2})
     perm = np.asarray(epoch_permutation(rng.root_key(config.seed), 0, len(data.train_images)))
     poisoned = int(perm[5 * config.train.batch_size + 7])  # in the batch of step 5
     data.train_images[poisoned, 0, 0, 0] = POISON

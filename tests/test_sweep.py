@@ -93,7 +93,7 @@ def test_other_bad_input(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown sweep 'latent_nois'.*latent_noise"):
         sweep_lib.run_sweep("latent_nois", root=tmp_path / "x")
     with pytest.raises(ConfigError, match="grid key"):
-        sweep_lib.run_sweep("latent_noise", [("model.latent_dim", "3")], root=tmp_path / "x")
+        sweep_lib.run_sweep("latent_noise", ["--config.model.latent_dim=3"], root=tmp_path / "x")
     for bad in ("2/2", "1", "a/b", "0/0"):
         with pytest.raises(ConfigError, match="--shard"):
             parse_shard(bad)
@@ -160,7 +160,7 @@ def test_runs_trained_together_equal_runs_trained_alone(tmp_path, arch):
     data = synthetic_dataset(128, 64)
     configs = []
     for seed, scale in ((0, 0.5), (1, 2.0)):
-        c = small_config(model__arch=arch, model__noise_scale=scale, seed=seed)
+        c = small_config({"model.arch": arch, "model.noise_scale": scale, "seed": seed})
         c.train.num_epochs = 1
         configs.append(c)
     together = [Run(c, tmp_path / f"together{i}", f"p{i}") for i, c in enumerate(configs)]
@@ -187,8 +187,8 @@ def test_runs_trained_together_equal_runs_trained_alone(tmp_path, arch):
 
 def test_group_at_different_steps_is_trained_one_by_one(tmp_path):
     data = synthetic_dataset(128, 64)
-    c0 = small_config(seed=0)
-    c1 = small_config(seed=1)
+    c0 = small_config({"seed": 0})
+    c1 = small_config({"seed": 1})
     c0.train.num_epochs = c1.train.num_epochs = 1
     train_and_evaluate(c0, tmp_path / "a", dataset=data)  # one run is ahead
     assert train_together([Run(c0, tmp_path / "a"), Run(c1, tmp_path / "b")], data) is None
@@ -197,7 +197,7 @@ def test_group_at_different_steps_is_trained_one_by_one(tmp_path):
 
 def test_vmap_auto_follows_the_measurement():
     conv = small_config()
-    mlp = small_config(model__arch="mlp")
+    mlp = small_config({"model.arch": "mlp"})
     assert not sweep_lib.vmap_pays_off(conv, "cpu") and not sweep_lib.vmap_pays_off(mlp, "cpu")
     assert sweep_lib.vmap_pays_off(conv, "gpu") and sweep_lib.vmap_pays_off(mlp, "tpu")
 

@@ -47,7 +47,9 @@ def data():
 
 def test_same_seed_same_params_different_seed_different(tmp_path, data):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        train_and_evaluate(small_config(seed=seed, train__num_epochs=1), tmp_path / name, data)
+        train_and_evaluate(
+            small_config({"seed": seed, "train.num_epochs": 1}), tmp_path / name, data
+        )
     _assert_trees_equal(_params(tmp_path / "a"), _params(tmp_path / "b"))
     a, c = jax.tree.leaves(_params(tmp_path / "a")), jax.tree.leaves(_params(tmp_path / "c"))
     assert all(not np.allclose(x, y) for x, y in zip(a, c, strict=True) if x.size > 1)
@@ -55,9 +57,9 @@ def test_same_seed_same_params_different_seed_different(tmp_path, data):
 
 def test_resume_after_epoch_k_equals_uninterrupted_run(tmp_path, data):
     """Bit for bit: parameters, optimizer state and per-epoch metrics."""
-    full = train_and_evaluate(small_config(train__num_epochs=3), tmp_path / "full", data)
-    first = train_and_evaluate(small_config(train__num_epochs=1), tmp_path / "split", data)
-    resumed = train_and_evaluate(small_config(train__num_epochs=3), tmp_path / "split", data)
+    full = train_and_evaluate(small_config({"train.num_epochs": 3}), tmp_path / "full", data)
+    first = train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path / "split", data)
+    resumed = train_and_evaluate(small_config({"train.num_epochs": 3}), tmp_path / "split", data)
     assert len(first) == 1 and len(resumed) == 3
     _, _, a, _ = restore_run(tmp_path / "full")
     _, _, b, _ = restore_run(tmp_path / "split")
@@ -71,15 +73,15 @@ def test_resume_after_epoch_k_equals_uninterrupted_run(tmp_path, data):
 
 
 def test_finished_run_does_nothing(tmp_path, data, capsys):
-    history = train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    history = train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data)
     mtime = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
-    assert train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data) == history
+    assert train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data) == history
     assert "finished" in capsys.readouterr().out
     assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == mtime
 
 
 def test_outputs_of_a_run(tmp_path, data):
-    history = train_and_evaluate(small_config(train__num_epochs=3), tmp_path, data, name="tiny")
+    history = train_and_evaluate(small_config({"train.num_epochs": 3}), tmp_path, data, name="tiny")
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert [r["step"] for r in history] == [8, 16, 24]  # 256 images, batch 32
     assert history[-1]["train_loss_nats"] < history[0]["train_loss_nats"]
@@ -113,7 +115,7 @@ def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
     from vae_jax.core import objectives
     from vae_jax.evaluation.evaluators import make_test_evaluator
 
-    history = train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    history = train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data)
     config, model, state, _ = restore_run(tmp_path)
     m = config.model
     evaluate = make_test_evaluator(
@@ -131,14 +133,14 @@ def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
 
 @pytest.mark.parametrize("binarize", ["dynamic", "static"])
 def test_binarized_training(tmp_path, data, binarize):
-    history = train_and_evaluate(small_config(data__binarize=binarize), tmp_path, data)
+    history = train_and_evaluate(small_config({"data.binarize": binarize}), tmp_path, data)
     assert np.isfinite(history[-1]["test_neg_elbo_nats"])
 
 
 def test_reported_test_kl_is_that_of_the_scaled_posterior(tmp_path, data):
     """With noise_scale=2 the logged test KL is KL(N(mean, (2*stddev)^2) || N(0, I)),
     recomputed here in float64 from the saved encoder's outputs."""
-    config = small_config(model__noise_scale=2.0, train__num_epochs=1)
+    config = small_config({"model.noise_scale": 2.0, "train.num_epochs": 1})
     history = train_and_evaluate(config, tmp_path, data)
     _, model, state, _ = restore_run(tmp_path)
     mean, logvar = model.apply(
@@ -152,10 +154,10 @@ def test_reported_test_kl_is_that_of_the_scaled_posterior(tmp_path, data):
 
 
 def test_workdir_with_other_config_is_refused_and_untouched(tmp_path, data):
-    train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data)
     before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     with pytest.raises(ConfigError, match=r"model.latent_dim: 20 in the workdir, 5 now"):
-        train_and_evaluate(small_config(model__latent_dim=5), tmp_path, data)
+        train_and_evaluate(small_config({"model.latent_dim": 5}), tmp_path, data)
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
 
 
@@ -181,7 +183,7 @@ def test_no_recompilation_after_the_first_step(tmp_path, data, caplog):
     def count(workdir, epochs):
         caplog.clear()
         with jax.log_compiles(), caplog.at_level(logging.WARNING):
-            train_and_evaluate(small_config(train__num_epochs=epochs), workdir, data)
+            train_and_evaluate(small_config({"train.num_epochs": epochs}), workdir, data)
         return sum("Compiling" in r.getMessage() for r in caplog.records)
 
     one, three = count(tmp_path / "one", 1), count(tmp_path / "three", 3)

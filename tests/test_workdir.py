@@ -33,12 +33,12 @@ def test_second_process_refuses_and_a_killed_one_leaves_no_stale_lock(tmp_path):
 
 def test_lock_is_taken_before_anything_else(tmp_path):
     data = synthetic_dataset()
-    train_and_evaluate(small_config(train__num_epochs=1), tmp_path, data)
+    train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data)
     holder = Workdir(tmp_path)
     holder.lock()
     try:
         with pytest.raises(WorkdirError, match="is in use by process"):
-            train_and_evaluate(small_config(train__num_epochs=2), tmp_path, data)
+            train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path, data)
     finally:
         holder.unlock()
 
@@ -46,11 +46,13 @@ def test_lock_is_taken_before_anything_else(tmp_path):
 def test_force_moves_the_old_run_aside_and_starts_anew(tmp_path, capsys):
     data = synthetic_dataset()
     workdir = tmp_path / "run"
-    old = train_and_evaluate(small_config(train__num_epochs=1), workdir, data)
+    old = train_and_evaluate(small_config({"train.num_epochs": 1}), workdir, data)
     with pytest.raises(ConfigError, match="--force"):
-        train_and_evaluate(small_config(model__latent_dim=5, train__num_epochs=1), workdir, data)
+        train_and_evaluate(
+            small_config({"model.latent_dim": 5, "train.num_epochs": 1}), workdir, data
+        )
     new = train_and_evaluate(
-        small_config(model__latent_dim=5, train__num_epochs=1), workdir, data, force=True
+        small_config({"model.latent_dim": 5, "train.num_epochs": 1}), workdir, data, force=True
     )
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert (
@@ -65,7 +67,7 @@ def test_force_moves_the_old_run_aside_and_starts_anew(tmp_path, capsys):
 
 def test_force_with_bad_input_moves_nothing(tmp_path):
     data = synthetic_dataset()
-    train_and_evaluate(small_config(train__num_epochs=1), tmp_path / "run", data)
+    train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path / "run", data)
     bad = data._replace(train_images=data.train_images.astype(np.float32))
     with pytest.raises(DataError):
         train_and_evaluate(small_config(), tmp_path / "run", bad, force=True)

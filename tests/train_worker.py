@@ -84,10 +84,12 @@ def main() -> int:
     args = parser.parse_args()
     _install_hooks(args)
     config = small_config(
-        train__num_epochs=args.epochs,
-        checkpoint__every_steps=args.every_steps,
-        checkpoint__every_seconds=args.every_seconds,
-        checkpoint__max_to_keep=args.keep,
+        {
+            "train.num_epochs": args.epochs,
+            "checkpoint.every_steps": args.every_steps,
+            "checkpoint.every_seconds": args.every_seconds,
+            "checkpoint.max_to_keep": args.keep,
+        }
     )
     try:
         train_and_evaluate(config, args.workdir, synthetic_dataset())

@@ -1,5 +1,171 @@
+"""The command line: parse, make one call into the library, map errors to exit codes.
+
+    python -m vae_jax train mnist_z20 [--workdir DIR] [--force] [--config.KEY=VALUE ...]
+    python -m vae_jax train --config=experiments/mnist_z20.py --config.model.latent_dim=10
+    python -m vae_jax eval mnist_z20 [--workdir DIR] [--step N] [--config.eval.KEY=VALUE ...]
+    python -m vae_jax sweep latent_noise [--shard i/n] [--vmap auto|on|off] [--config...]
+    python -m vae_jax list
+
+Exit codes (see :mod:`vae_jax.errors`): 0 done; 2 bad input, nothing written; 1 the run stopped
+on an error, the newest valid checkpoint intact; 128 + signal number when SIGTERM/SIGINT stopped
+it after saving a checkpoint (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from vae_jax.cli import main
+from vae_jax import config as config_lib
+from vae_jax.errors import ConfigError, TrainingInterrupted, VaeJaxError
 
-sys.exit(main())
+OVERRIDES = "Override any config key: --config.model.latent_dim=10 --config.train.num_epochs=3"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vae-jax",
+        description="Train variational autoencoders; experiments are files in experiments/.",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train", help="train an experiment (resumes its workdir)", epilog=OVERRIDES
+    )
+    train.add_argument("experiment", nargs="?", help="a name in experiments/ (or --config=FILE)")
+    train.add_argument("--workdir", help="where the run is written (default: runs/<experiment>)")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="start anew: move a run already in the workdir aside to <workdir>.old-<time>",
+    )
+    _multi_process_flags(train)
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a trained run: eval.json, a table, figures",
+        epilog="Override eval settings only, e.g. --config.eval.iwae_k=100",
+    )
+    evaluate.add_argument("experiment", nargs="?", help="its name, for the default workdir")
+    evaluate.add_argument("--workdir", help="the run to evaluate (default: runs/<experiment>)")
+    evaluate.add_argument("--step", type=int, help="a checkpoint step (default: the newest)")
+    sweep = sub.add_parser(
+        "sweep",
+        help="train every point of a sweep (resumable), then write its summary and plots",
+        epilog="Overrides apply to every point, e.g. --config.train.num_epochs=2",
+    )
+    sweep.add_argument("sweep", help="a name in experiments/sweeps/ or a path to a .py file")
+    sweep.add_argument("--workdir", help="the sweep's folder (default: runs/sweeps/<sweep>)")
+    sweep.add_argument("--shard", default="0/1", help="i/n: every n-th point from the i-th")
+    sweep.add_argument(
+        "--vmap",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train points that differ only in seed and noise scale together under jax.vmap "
+        "(auto: on GPU/TPU, not on CPU; README, 'Sweeps')",
+    )
+    sub.add_parser("list", help="list the experiments and sweeps")
+    return parser
+
+
+def _multi_process_flags(p: argparse.ArgumentParser) -> None:
+    multi = p.add_argument_group("multi-process (multi-host) runs; see README, 'Multi-host'")
+    multi.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run (JAX cluster auto-detection: SLURM, Open MPI, TPU pods; "
+        "or the flags below / $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID)",
+    )
+    multi.add_argument("--coordinator", help="HOST:PORT of process 0 (implies --distributed)")
+    multi.add_argument("--num-processes", type=int)
+    multi.add_argument("--process-id", type=int)
+
+
+def _config_file(rest: list[str]) -> tuple[str | None, list[str]]:
+    """``--config=FILE`` (or ``--config FILE``) taken out of the remaining arguments."""
+    for i, arg in enumerate(rest):
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config="), rest[:i] + rest[i + 1 :]
+        if arg == "--config" and i + 1 < len(rest):
+            return rest[i + 1], rest[:i] + rest[i + 2 :]
+    return None, rest
+
+
+def _experiment(args: argparse.Namespace, rest: list[str]) -> tuple[str, list[str]]:
+    """The experiment (a name or a file) and the overrides."""
+    path, overrides = _config_file(rest)
+    if (path is None) == (args.experiment is None):
+        raise ConfigError("give an experiment: a name in experiments/ or --config=FILE, not both")
+    return path or args.experiment, overrides
+
+
+def _name(experiment: str) -> str:
+    return experiment.removesuffix(".py").rsplit("/", 1)[-1]
+
+
+def _train(args: argparse.Namespace, rest: list[str]) -> None:
+    experiment, overrides = _experiment(args, rest)
+    config = config_lib.load_experiment(experiment, overrides)
+    from vae_jax.training.run import train_and_evaluate  # imports JAX: after the cheap checks
+
+    if args.distributed or args.coordinator:
+        from vae_jax.parallel import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    name = _name(experiment)
+    train_and_evaluate(config, args.workdir or f"runs/{name}", name=name, force=args.force)
+
+
+def _eval(args: argparse.Namespace, rest: list[str]) -> None:
+    if args.experiment is None and args.workdir is None:
+        raise ConfigError("give the run to evaluate: an experiment name or --workdir")
+    workdir = args.workdir or f"runs/{_name(args.experiment)}"
+    if args.experiment and not Path(workdir).exists():  # then a wrong name is likelier
+        config_lib.experiment_path(args.experiment)
+    from vae_jax.evaluation.run import evaluate_run
+
+    evaluate_run(workdir, rest, step=args.step)
+
+
+def _sweep(args: argparse.Namespace, rest: list[str]) -> None:
+    from vae_jax.sweeps.runner import run_sweep
+
+    run_sweep(args.sweep, rest, args.shard, args.vmap, args.workdir)
+
+
+def _list(args: argparse.Namespace, rest: list[str]) -> None:
+    if rest:
+        raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
+    from vae_jax.sweeps.grid import available_sweeps
+
+    print("\n".join(config_lib.available_experiments()))
+    sweeps = available_sweeps()
+    if sweeps:
+        print("sweeps: " + ", ".join(sweeps))
+
+
+COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = _parser().parse_known_args(argv)
+    try:
+        COMMANDS[args.command](args, rest)
+        return 0
+    except KeyboardInterrupt:  # before training started: nothing to save
+        print("interrupted before training started; nothing was trained", file=sys.stderr)
+        return 130
+    except TrainingInterrupted as e:
+        resume = "python -m vae_jax " + shlex.join(a for a in argv if a != "--force")
+        print(f"{e}.\nResume with the same command:\n  {resume}", file=sys.stderr)
+        return e.exit_code
+    except VaeJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

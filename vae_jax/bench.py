@@ -17,6 +17,7 @@ states (seeds 0..K-1, noise scales from 0.5 to 2); images/s then counts every mo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -50,6 +51,55 @@ def _dataset(config, data: str):
     return data_lib.Dataset(images, labels, images[:1000], labels[:1000]), "synthetic"
 
 
+def _trainer(config, dataset, models: int):
+    """The real training loop's :class:`EpochTrainer` for ``models`` models (seeds 0..K-1;
+    noise scales from 0.5 to 2 when several), and their fresh state and sums."""
+    import jax
+    import numpy as np
+
+    from vae_jax import parallel
+    from vae_jax.core import objectives
+    from vae_jax.core.models import make_model
+    from vae_jax.core.train_step import init_state, make_optimizer, zero_sums
+    from vae_jax.training.loop import EpochTrainer, Group
+
+    mesh = parallel.make_mesh()
+    parallel.check_divisible(config.train.batch_size, mesh, "batch size")
+    model = make_model(dataset.image_shape, **config.model)
+    tx = make_optimizer(config.train.learning_rate)
+    repl, group = parallel.replicated(mesh), Group(models)
+    init = [functools.partial(init_state, s, model, tx, dataset.image_shape) for s in range(models)]
+    state = group.join([jax.jit(f, out_shardings=repl)() for f in init])
+    sums = jax.device_put(group.join([zero_sums()] * models), repl)
+    scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
+    trainer = EpochTrainer(
+        model,
+        tx,
+        mesh,
+        dataset.train_images,
+        state,
+        sums,
+        group,
+        batch_size=config.train.batch_size,
+        log_every=config.train.log_every_steps,
+        num_epochs=config.train.num_epochs,
+        log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
+        dynamic_binarize=config.data.binarize == "dynamic",
+        noise_scales=scales if models > 1 else [config.model.noise_scale],
+    )
+    return trainer, state, sums
+
+
+def _run_steps(trainer, state, sums, step: int, steps: int) -> tuple:
+    """``steps`` steps from global ``step``: ``(state, sums, step, seconds)``."""
+    target, seconds, spe = step + steps, 0.0, trainer.steps_per_epoch
+    while step < target:
+        segment = trainer.run(state, sums, step // spe + 1, step % spe, lambda s: s >= target)
+        state, sums, step = segment.state, segment.sums, segment.step
+        seconds += segment.seconds
+    return state, sums, step, seconds
+
+
 def measure(
     experiment: str,
     batch_size: int,
@@ -62,84 +112,33 @@ def measure(
     """One configuration, in this process (see the module docstring)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from vae_jax import config as config_lib
-    from vae_jax import parallel
-    from vae_jax.core import conv_ops, flops, objectives
-    from vae_jax.core.models import make_model
-    from vae_jax.core.train_step import init_state, make_optimizer, zero_sums
-    from vae_jax.outputs.metrics import peak_host_memory_bytes
-    from vae_jax.training.loop import EpochTrainer, Group
+    from vae_jax.core import conv_ops, flops
 
-    config = config_lib.load_experiment(experiment)
-    config = config_lib.apply_overrides(config, config_lib.split_override_args(overrides))
-    config.train.batch_size = batch_size
-    config_lib.validate(config)
+    config = config_lib.load_experiment(experiment, overrides)
+    config = config_lib.with_values(config, {"train.batch_size": batch_size}, "bench")
     dataset, data_kind = _dataset(config, data)
-    mesh = parallel.make_mesh()
-    parallel.check_divisible(batch_size, mesh, "batch size")
-    model = make_model(dataset.image_shape, **config.model)
-    tx = make_optimizer(config.train.learning_rate)
-    repl = parallel.replicated(mesh)
-    group = Group(models)
-    state = group.join(
-        [
-            jax.jit(lambda s=s: init_state(s, model, tx, dataset.image_shape), out_shardings=repl)()
-            for s in range(models)
-        ]
-    )
-    sums = jax.device_put(group.join([zero_sums()] * models), repl)
-    scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
-    scales = scales if models > 1 else [config.model.noise_scale]
-    trainer = EpochTrainer(
-        model,
-        tx,
-        mesh,
-        dataset.train_images,
-        state,
-        sums,
-        group,
-        batch_size=batch_size,
-        log_every=config.train.log_every_steps,
-        num_epochs=config.train.num_epochs,
-        log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
-        dynamic_binarize=config.data.binarize == "dynamic",
-        noise_scales=scales,
-    )
-    spe = trainer.steps_per_epoch
+    trainer, state, sums = _trainer(config, dataset, models)
     if steps <= 0:
-        steps = -(-CPU_IMAGES_PER_REP // batch_size) if jax.default_backend() == "cpu" else spe
-    step = 0
-
-    def repetition() -> float:
-        nonlocal state, sums, step
-        target, seconds = step + steps, 0.0
-        while step < target:
-            epoch, start = step // spe + 1, step % spe
-            segment = trainer.run(state, sums, epoch, start, lambda s: s >= target)
-            state, sums, step = segment.state, segment.sums, segment.step
-            seconds += segment.seconds
-        return steps * batch_size * models / seconds
-
-    first = trainer.run(state, sums, 1, 0, lambda s: s >= 1)  # the first step
-    state, sums, step = first.state, first.sums, first.step
+        cpu = jax.default_backend() == "cpu"
+        steps = -(-CPU_IMAGES_PER_REP // batch_size) if cpu else trainer.steps_per_epoch
+    state, sums, step, _ = _run_steps(trainer, state, sums, 0, 1)  # the first step
     first_step_done = time.time()
-    repetition()  # warm-up
-    rates = [repetition() for _ in range(reps)]
+    rates = []
+    for _ in range(reps + 1):  # a warm-up, then the timed repetitions
+        state, sums, step, seconds = _run_steps(trainer, state, sums, step, steps)
+        rates.append(steps * batch_size * models / seconds)
+    rates = rates[1:]
     median = statistics.median(rates)
     train_flops = flops.train_flops(dataset.image_shape, **config.model)
-    device = jax.devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     return {
         "experiment": experiment,
         "arch": config.model.arch,
         "conv_impl": conv_ops.resolve(config.model.conv_impl),
         "batch_size": batch_size,
         "models": models,
-        "backend": jax.default_backend(),
-        "device": device.device_kind,
-        "devices": jax.device_count(),
+        **_device_record(),
         "data": data_kind,
         "steps_per_rep": steps,
         "reps": reps,
@@ -148,11 +147,26 @@ def measure(
         "images_per_sec_max": max(rates),
         "compile_seconds": trainer.compile_seconds,
         "first_step_unix_time": first_step_done,
-        "peak_host_memory_mib": peak_host_memory_bytes() / 2**20,
-        "peak_device_memory_mib": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
         "train_mflop_per_image": train_flops / 1e6,
         "gflops_per_sec": median * train_flops / 1e9,
         "final_step_finite": bool(jnp.all(sums.first_bad < 0)),
+    }
+
+
+def _device_record() -> dict:
+    """The backend and its device, and the peak memory so far."""
+    import jax
+
+    from vae_jax.outputs.metrics import peak_host_memory_bytes
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return {
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "devices": jax.device_count(),
+        "peak_host_memory_mib": peak_host_memory_bytes() / 2**20,
+        "peak_device_memory_mib": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 or None,
     }
 
 
@@ -237,9 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     from vae_jax.errors import ConfigError
 
     try:
-        pairs = config_lib.split_override_args(overrides)
         for name in args.experiments:
-            config_lib.apply_overrides(config_lib.load_experiment(name), pairs)
+            config_lib.load_experiment(name, overrides)
         if args.reps < 1 or min(args.batch + args.models) < 1:
             raise ConfigError("--reps and every --batch and --models must be positive")
     except ConfigError as e:

@@ -167,25 +167,7 @@ def iwae_bound(
     lse0 = jax.device_put(jnp.full((per_call,), -jnp.inf), batch)
     fn = jax.jit(accumulate).lower(params, chunks[0][0], ids[0], jnp.int32(0), lse0).compile()
     offsets = [jnp.int32(j * samples) for j in range(-(-k // samples))]
-    out = []
-    bar = tqdm(
-        total=n * k,
-        desc=f"IWAE k={k}",
-        unit="sample",
-        unit_scale=True,
-        leave=False,
-        mininterval=1.0,
-        disable=not is_writer(),
-    )
-    with bar:
-        for (x, _), image_ids in zip(chunks, ids, strict=True):
-            lse = lse0
-            for offset in offsets:
-                lse = fn(params, x, image_ids, offset, lse)
-            if out:  # one image chunk in flight: independent chunks would otherwise run
-                out[-1].block_until_ready()  # at once and multiply the memory
-            out.append(lse)
-            bar.update(min(per_call, n - bar.n // k) * k)
+    out = _stream(fn, params, chunks, ids, offsets, lse0, n, k)
     bounds = np.concatenate([np.asarray(b, np.float64) for b in out])[:n] - math.log(k)
     return IwaeResult(
         bounds=bounds,
@@ -196,6 +178,29 @@ def iwae_bound(
         xla_bytes_per_call=_xla_bytes(fn),
         peak_host_rss_bytes=peak_host_memory_bytes(),
     )
+
+
+def _stream(fn, params, chunks, ids, offsets, lse0, n: int, k: int) -> list[jax.Array]:
+    """Each image chunk's log-sum-exp over all ``k`` samples, under a progress bar."""
+    out = []
+    with tqdm(
+        total=n * k,
+        desc=f"IWAE k={k}",
+        unit="sample",
+        unit_scale=True,
+        leave=False,
+        mininterval=1.0,
+        disable=not is_writer(),
+    ) as bar:
+        for (x, _), image_ids in zip(chunks, ids, strict=True):
+            lse = lse0
+            for offset in offsets:
+                lse = fn(params, x, image_ids, offset, lse)
+            if out:  # one image chunk in flight: independent chunks would otherwise run
+                out[-1].block_until_ready()  # at once and multiply the memory
+            out.append(lse)
+            bar.update(min(len(lse), n - bar.n // k) * k)
+    return out
 
 
 def _xla_bytes(compiled) -> int:

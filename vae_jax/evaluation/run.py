@@ -41,15 +41,16 @@ NUM_INTERPOLATIONS = 8
 
 
 def apply_eval_overrides(
-    config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]
+    config: ml_collections.ConfigDict, overrides: Sequence[str]
 ) -> ml_collections.ConfigDict:
-    for key, _ in overrides:
+    """``config`` with ``--config.eval.KEY=VALUE`` overrides; other keys are refused."""
+    for key in config_lib.override_keys(overrides):
         if not key.startswith("eval."):
             raise ConfigError(
                 f"--config.{key}: evaluation uses the run's own config; only eval.* keys can be "
                 "overridden (e.g. --config.eval.iwae_k=100)"
             )
-    return config_lib.apply_overrides(config, overrides)
+    return config_lib.override(config, overrides)
 
 
 def evaluated_step(workdir: Path) -> int | None:
@@ -62,7 +63,7 @@ def evaluated_step(workdir: Path) -> int | None:
 
 def evaluate_run(
     workdir: str | Path,
-    overrides: Sequence[tuple[str, str]] = (),
+    overrides: Sequence[str] = (),
     step: int | None = None,
     dataset: data_lib.Dataset | None = None,
 ) -> dict:
@@ -190,6 +191,7 @@ def _draw(
     dataset: data_lib.Dataset,
     label: str,
 ) -> list[str]:
+    """The evaluation's figures (process 0 draws); returns their file names."""
     if not is_writer():
         return []
     out = Workdir(workdir).figures
@@ -203,12 +205,27 @@ def _draw(
     )
     plots.save_panels(
         out / "eval_reconstructions.png",
-        [
-            ("Originals", plots.make_grid(originals)),
-            ("Reconstructions", plots.make_grid(recon)),
-        ],
+        [("Originals", plots.make_grid(originals)), ("Reconstructions", plots.make_grid(recon))],
         label,
     )
+    names = ["eval_samples.png", "eval_reconstructions.png"]
+    names += _draw_latent_space(out, decode, latent, originals, label)
+    if config.model.latent_dim == 2:
+        plots.save_manifold(out / "manifold.png", decode, f"{label}: learned manifold")
+        plots.save_latent_scatter(
+            out / "latent_scatter.png",
+            latent.means,
+            dataset.test_labels,
+            f"{label}: test set posterior means",
+        )
+        names += ["manifold.png", "latent_scatter.png"]
+    return names
+
+
+def _draw_latent_space(
+    out: Path, decode, latent: LatentStats, originals: np.ndarray, label: str
+) -> list[str]:
+    """Traversals of the most active dimensions, interpolations, and the KL per dimension."""
     order = np.argsort(-latent.mean_variance)[:NUM_TRAVERSAL_DIMS]
     spread = np.sqrt(latent.mean_variance + np.mean(np.square(latent.stddevs), axis=0))
     plots.save_traversals(
@@ -220,6 +237,7 @@ def _draw(
         latent.rate_per_dim,
         f"{label}: traversals of the {len(order)} most active dimensions",
     )
+    names = ["traversals.png"]
     pairs = min(NUM_INTERPOLATIONS, len(originals) // 2)
     if pairs:
         plots.save_interpolations(
@@ -231,6 +249,7 @@ def _draw(
             originals[1 : 2 * pairs : 2],
             f"{label}: interpolations between test images",
         )
+        names.append("interpolations.png")
     plots.save_kl_per_dim(
         out / "kl_per_dim.png",
         latent.rate_per_dim,
@@ -238,19 +257,7 @@ def _draw(
         ACTIVE_UNIT_THRESHOLD,
         label,
     )
-    names = ["eval_samples.png", "eval_reconstructions.png", "traversals.png"]
-    names += ["interpolations.png"] if pairs else []
-    names.append("kl_per_dim.png")
-    if config.model.latent_dim == 2:
-        plots.save_manifold(out / "manifold.png", decode, f"{label}: learned manifold")
-        plots.save_latent_scatter(
-            out / "latent_scatter.png",
-            latent.means,
-            dataset.test_labels,
-            f"{label}: test set posterior means",
-        )
-        names += ["manifold.png", "latent_scatter.png"]
-    return names
+    return [*names, "kl_per_dim.png"]
 
 
 def format_table(r: dict, path: Path) -> str:

@@ -13,7 +13,9 @@ values are added to the grid; ``seed`` is always part of the grid (default: the 
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,8 +49,14 @@ def available_sweeps(directory: Path | None = None) -> list[str]:
 
 def load_sweep_spec(name: str) -> tuple[str, dict]:
     """``(sweep name, get_sweep())`` of a sweep (a name in ``experiments/sweeps/`` or a path)."""
-    path = config_lib.find_python_file(name, sweeps_dir(), "sweep")
-    return path.stem, config_lib.call_in_file(path, "get_sweep", "sweep")
+    path = config_lib.find_file(name, sweeps_dir(), "sweep")
+    spec = importlib.util.spec_from_file_location(f"vae_jax_sweep_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ConfigError(f"sweep file {path} has no get_sweep() function")
+    return path.stem, module.get_sweep()
 
 
 def _format_value(value: Any) -> str:
@@ -71,10 +79,10 @@ def point_name(values: dict[str, Any]) -> str:
     return ",".join(f"{short[k]}={_format_value(v)}" for k, v in values.items())
 
 
-def expand(name: str, spec: dict, overrides: list[tuple[str, str]] | None = None) -> Sweep:
+def expand(name: str, spec: dict, overrides: Sequence[str] = ()) -> Sweep:
     """The sweep's points, each config validated: a bad grid, an unknown key or a bad value
-    raises :class:`ConfigError` before anything runs. ``overrides`` (command-line strings)
-    apply to every point and may not name a grid key."""
+    raises :class:`ConfigError` before anything runs. ``overrides`` (``--config.KEY=VALUE``
+    arguments) apply to every point and may not name a grid key."""
     source = f"sweep {name}"
     if not isinstance(spec, dict) or set(spec) - set(SWEEP_KEYS) or "grid" not in spec:
         raise ConfigError(
@@ -97,14 +105,13 @@ def expand(name: str, spec: dict, overrides: list[tuple[str, str]] | None = None
             raise ConfigError(f"{source}: grid[{key!r}] repeats a value: {values!r}")
     grid.setdefault("seed", [base.seed])
     fixed = config_lib.with_values(base, dict(spec.get("overrides", {})), source)
-    if overrides:
-        clash = sorted({k for k, _ in overrides} & set(grid))
-        if clash:
-            raise ConfigError(
-                f"--config.{clash[0]} is a grid key of sweep {name}; edit the sweep's grid "
-                "instead (or copy the sweep file)"
-            )
-        fixed = config_lib.apply_overrides(fixed, overrides)
+    clash = sorted(set(config_lib.override_keys(overrides)) & set(grid))
+    if clash:
+        raise ConfigError(
+            f"--config.{clash[0]} is a grid key of sweep {name}; edit the sweep's grid "
+            "instead (or copy the sweep file)"
+        )
+    fixed = config_lib.override(fixed, overrides)
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))

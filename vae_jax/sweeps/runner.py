@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -79,7 +79,7 @@ def _eta(done: int, total: int, seconds: float) -> str:
 
 def run_sweep(
     name: str,
-    overrides: list[tuple[str, str]] | None = None,
+    overrides: Sequence[str] = (),
     shard: str = "0/1",
     vmap: str = "auto",
     root: str | Path | None = None,
