@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 SHARED_TFDS = ROOT.parent / "shared" / "data" / "tensorflow_datasets"
 
 
@@ -104,15 +105,21 @@ def run_cli(
     )
 
 
-WORKER = Path(__file__).resolve().parent / "train_worker.py"
+WORKER = TESTS / "train_worker.py"
+
+
+def worker_env(**extra: str) -> dict:
+    """The environment of a worker script in tests/: it imports conftest, and vae_jax as this
+    process does."""
+    path = os.pathsep.join(p for p in (str(TESTS), str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def start_worker(workdir: Path, *args: str) -> subprocess.Popen:
     """``tests/train_worker.py WORKDIR ARGS`` in the background, stdout and stderr piped."""
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parent)}
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(workdir), *args],
-        env=env,
+        env=worker_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

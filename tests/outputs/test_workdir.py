@@ -9,7 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import WORKER, finish, small_config, start_worker, synthetic_dataset, wait_for_line
+from conftest import (
+    WORKER,
+    finish,
+    small_config,
+    start_worker,
+    synthetic_dataset,
+    wait_for_line,
+    worker_env,
+)
 
 from vae_jax.errors import ConfigError, DataError, WorkdirError
 from vae_jax.evaluation.trained_run import restore_run
@@ -109,7 +117,7 @@ def _in_tmpfs(tmp_path, size: str, commands: str) -> subprocess.CompletedProcess
     script = (
         f"set -u; MNT={shlex.quote(str(mnt))}; mount -t tmpfs -o size={size} tmpfs $MNT; {commands}"
     )
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parent)}
+    env = worker_env()
     return subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
         env=env,
@@ -149,7 +157,7 @@ def test_unwritable_parent_is_refused_before_anything_is_written(tmp_path):
         parent.mkdir(mode=0o500)
         out = subprocess.run(
             ["sh", "-c", f"{_worker(str(parent / 'run'))}; echo rc=$? >&2"],
-            env={**os.environ, "PYTHONPATH": str(WORKER.parent)},
+            env=worker_env(),
             capture_output=True,
             text=True,
         )

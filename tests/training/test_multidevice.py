@@ -2,25 +2,21 @@
 (IWAE noise is a function of image and sample, not of the device) within float tolerance."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
+from conftest import TESTS, worker_env
 
 
 def _run(devices: int, workdir: Path) -> dict:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(HERE),
-    }
+    env = worker_env(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
     out = subprocess.run(
-        [sys.executable, str(HERE / "multidevice_worker.py"), str(workdir)],
+        [sys.executable, str(TESTS / "multidevice_worker.py"), str(workdir)],
         env=env,
         capture_output=True,
         text=True,

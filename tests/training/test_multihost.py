@@ -3,15 +3,13 @@ each) train like one process with the same global batch: the same losses and par
 float tolerance; process 0 alone writes the workdir, and the checkpoint restores."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
+from conftest import TESTS, worker_env
 
 
 def _free_port() -> int:
@@ -21,15 +19,13 @@ def _free_port() -> int:
 
 
 def _start(process_id: int, num_processes: int, port: int, workdir: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "PYTHONPATH": str(HERE),
-    }
+    env = worker_env(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
     args = [str(process_id), str(num_processes), str(port), str(workdir)]
     return subprocess.Popen(
-        [sys.executable, str(HERE / "multihost_worker.py"), *args],
+        [sys.executable, str(TESTS / "multihost_worker.py"), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
