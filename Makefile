@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 SWEEP ?= latent_noise
 TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: help install train eval sweep experiments bench bench-sweep test test-slow lint format data clean
+.PHONY: help install train eval sweep experiments keys bench bench-sweep test test-slow lint format data clean
 
 help:
 	@echo "make install                 create $(VENV) and install vae_jax (editable, dev extras)"
@@ -28,6 +28,7 @@ help:
 	@echo "make test-slow               the slow end-to-end reproduction of the seed figure (~7 min)"
 	@echo "make lint / make format      ruff"
 	@echo "make data [DATASET=mnist] [TFDS_DATA_DIR=dir]   download and prepare a TFDS dataset"
+	@echo "make keys                    every config key: default, allowed values, meaning"
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,9 @@ sweep: | $(PY)
 
 experiments: | $(PY)
 	@$(PY) -m vae_jax list
+
+keys: | $(PY)
+	@$(PY) -m vae_jax list --keys
 
 bench: | $(PY)
 	$(PY) -m vae_jax.bench --json $(BENCH_JSON) $(BENCH_ARGS)
@@ -70,17 +74,11 @@ format: | $(PY)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# TFDS's download_and_prepare needs TensorFlow and internet. TensorFlow goes into its own venv
-# (.venv-data) so that it never enters the training environment.
-data:
-	$(PYTHON) -m venv .venv-data
-	.venv-data/bin/python -m pip install --upgrade pip
-	.venv-data/bin/python -m pip install tensorflow-cpu tensorflow-datasets array-record pillow importlib_resources
-	.venv-data/bin/python -c "import tensorflow_datasets as tfds; \
-	  b = tfds.builder('$(DATASET)', data_dir='$(TFDS_DATA_DIR)'); \
-	  b.download_and_prepare(file_format='array_record'); \
-	  print('prepared', b.name, b.version, 'in', b.data_dir)"
-	@echo "Now: export TFDS_DATA_DIR=$(TFDS_DATA_DIR)"
+# TFDS's download_and_prepare needs TensorFlow and internet; `vae_jax data` installs TensorFlow
+# into its own environment (in ~/.cache/vae_jax), never into the training one. make train does
+# this by itself when the dataset is missing from TFDS's default data dir.
+data: | $(PY)
+	$(PY) -m vae_jax data $(DATASET) --data-dir $(TFDS_DATA_DIR)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -117,7 +117,7 @@ def test_bad_overrides_name_the_problem(key, value, message):
 
 def test_every_setting_has_a_valid_default_and_a_doc():
     config_lib.validate(base_config())
-    for key, setting in config_lib.SETTINGS.items():
+    for key, setting in config_lib.settings().items():
         assert setting.check.accepts(setting.default) and setting.doc, key
 
 

@@ -86,7 +86,8 @@ def test_unprepared_data_dir_says_how_to_fix_it(tmp_path):
         data.load_split("mnist", "train", str(tmp_path))
     message = str(e.value)
     assert f"'mnist' is not prepared in '{tmp_path}'" in message
-    assert "export TFDS_DATA_DIR=" in message and "make data" in message
+    assert "export TFDS_DATA_DIR=" in message and "python -m vae_jax data mnist" in message
+    assert "shared" not in message  # no path of this project's checkout
     assert not any(tmp_path.iterdir())  # nothing written into the data dir
 
 
@@ -182,11 +183,133 @@ def test_custom_dataset_errors_come_before_anything_is_written(tmp_path):
     bad = synthetic_dataset(64, 32)._replace(train_images=np.zeros((64, 28, 28), np.float64))
     with pytest.raises(data.DataError, match="expected uint8 images"):
         train_and_evaluate(small_config(), tmp_path / "a", bad)
-    rgb = synthetic_dataset(64, 32)
-    rgb = rgb._replace(
-        train_images=np.zeros((64, 32, 32, 3), np.uint8),
-        test_images=np.zeros((32, 32, 32, 3), np.uint8),
+    odd = synthetic_dataset(64, 32)
+    odd = odd._replace(
+        train_images=np.zeros((64, 30, 30, 3), np.uint8),
+        test_images=np.zeros((32, 30, 30, 3), np.uint8),
     )
-    with pytest.raises(ConfigError, match=r"seed's 28x28x1 network; images are \(32, 32, 3\)"):
-        train_and_evaluate(small_config(), tmp_path / "b", rgb)
+    with pytest.raises(ConfigError, match=r"divide by 4; images are \(30, 30, 3\)"):
+        train_and_evaluate(small_config(), tmp_path / "b", odd)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays of the user's own
+
+
+def _npz(path, train, test, **extra):
+    np.savez(path, train_images=train, test_images=test, **extra)
+    return str(path)
+
+
+def test_an_npz_of_rgb_images_trains_the_conv_vae_and_draws_in_colour(tmp_path):
+    """A 32x32x3 .npz of random images, by path: the seed's conv VAE (same layers) trains a few
+    steps, and the figures are RGB PNGs."""
+    from conftest import small_config
+    from PIL import Image
+
+    from vae_jax.training.run import train_and_evaluate
+
+    rng = np.random.default_rng(0)
+    path = _npz(
+        tmp_path / "mine.npz",
+        rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+        train_labels=np.arange(96) % 10,
+    )
+    before = (tmp_path / "mine.npz").read_bytes()
+    config = small_config({"data.name": path, "train.num_epochs": 1})
+    history = train_and_evaluate(config, tmp_path / "run")
+    assert history[0]["step"] == 3 and np.isfinite(history[0]["test_neg_elbo_nats"])
+    for name in ("originals.png", "recon_epoch_01.png", "samples_epoch_01.png"):
+        with Image.open(tmp_path / "run" / "figures" / name) as im:
+            assert im.mode == "RGB" and im.size == (8 * 34 + 2, 8 * 34 + 2)
+    with Image.open(tmp_path / "run" / "figures" / "originals.png") as im:
+        grid = np.asarray(im)
+    first = data.load_dataset(config.data).test_images[0]
+    np.testing.assert_array_equal(grid[2:34, 2:34], first)  # the image, colours as they were
+    assert (tmp_path / "mine.npz").read_bytes() == before  # the user's data is only read
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        (np.array([[[0, 1], [1, 0]]], np.uint8), [[0, 255], [255, 0]]),  # 0/1: binarized data
+        (np.array([[[0, 1], [1, 0]]], bool), [[0, 255], [255, 0]]),
+        (np.array([[[0.0, 0.5], [1.0, 0.25]]], np.float32), [[0, 128], [255, 64]]),
+        (np.array([[[0, 7], [255, 128]]], np.int64), [[0, 7], [255, 128]]),
+    ],
+)
+def test_pixel_ranges_are_detected(images, expected):
+    out = data.as_uint8(images, "test")
+    assert out.dtype == np.uint8 and out.shape == (1, 2, 2, 1)
+    np.testing.assert_array_equal(out[0, ..., 0], expected)
+
+
+def test_zero_one_uint8_data_is_not_divided_by_255(tmp_path):
+    """binarized_mnist stores 0/1 as uint8: the model must see 0/1, not near-black images."""
+    from vae_jax.config import base_config, with_values
+    from vae_jax.core.pixels import to_float
+
+    bits = np.random.default_rng(0).integers(0, 2, (50, 8, 8), dtype=np.uint8)
+    path = _npz(tmp_path / "bits.npz", bits, bits[:10])
+    dataset = data.load_dataset(with_values(base_config(), {"data.name": path}, "test").data)
+    x = np.asarray(to_float(dataset.train_images))
+    assert set(np.unique(x)) == {0.0, 1.0} and x.shape == (50, 8, 8, 1)
+    np.testing.assert_array_equal(x[..., 0], bits)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"train_images": np.zeros((4, 8, 8), np.uint8)}, "has no test_images array"),
+        (
+            {"train_images": np.full((4, 8, 8), 2.0), "test_images": np.zeros((4, 8, 8))},
+            "pixel values range from 2 to 2; expected integers 0..255",
+        ),
+        (
+            {"train_images": np.zeros((4, 8, 8, 2)), "test_images": np.zeros((4, 8, 8, 2))},
+            "expected [N, H, W] or [N, H, W, C]",
+        ),
+        (
+            {
+                "train_images": np.zeros((4, 8, 8)),
+                "test_images": np.zeros((4, 8, 8)),
+                "train_labels": np.zeros(3),
+            },
+            "train_labels are float64 of shape (3,)",
+        ),
+    ],
+)
+def test_bad_arrays_are_named(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(data.DataError) as e:
+        data.load_arrays(str(tmp_path / "bad.npz"))
+    assert message in str(e.value)
+
+
+def test_a_dataset_that_cannot_fit_in_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = _npz(tmp_path / "x.npz", np.zeros((100, 8, 8), np.uint8), np.zeros((10, 8, 8), np.uint8))
+    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("read although too large"))
+    with pytest.raises(data.DataError, match=r"twice over .* 0.0 GiB of memory are available"):
+        data.load_arrays(path)
+
+
+def test_a_missing_dataset_is_prepared_by_itself_only_in_tfds_default_dir(tmp_path, monkeypatch):
+    from vae_jax.config import base_config
+
+    prepared = []
+    monkeypatch.setattr(data, "prepare_tfds", lambda name, d: prepared.append((name, d)))
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    monkeypatch.delenv(data.AUTO_PREPARE_ENV, raising=False)
+    config = base_config().data
+    assert data.auto_prepare(config)  # TFDS's default dir: prepare there
+    with pytest.raises(data.DataError, match="is not prepared"):  # our fake prepared nothing
+        data.load_split("mnist", "train", str(tmp_path), prepare=True)
+    assert prepared == [("mnist", str(tmp_path))]
+    monkeypatch.setenv(data.AUTO_PREPARE_ENV, "0")
+    assert not data.auto_prepare(config)
+    monkeypatch.delenv(data.AUTO_PREPARE_ENV)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # the user's own dir: never written
+    assert not data.auto_prepare(config)

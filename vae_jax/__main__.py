@@ -5,6 +5,7 @@
     python -m vae_jax eval mnist_z20 [--workdir DIR] [--step N] [--config.eval.KEY=VALUE ...]
     python -m vae_jax sweep latent_noise [--shard i/n] [--vmap auto|on|off] [--config...]
     python -m vae_jax list
+    python -m vae_jax data fashion_mnist [--data-dir DIR]
 
 Exit codes (see :mod:`vae_jax.errors`): 0 done; 2 bad input, nothing written; 1 the run stopped
 on an error, the newest valid checkpoint intact; 128 + signal number when SIGTERM/SIGINT stopped
@@ -66,7 +67,17 @@ def _parser() -> argparse.ArgumentParser:
         help="train points that differ only in seed and noise scale together under jax.vmap "
         "(auto: on GPU/TPU, not on CPU; README, 'Sweeps')",
     )
-    sub.add_parser("list", help="list the experiments and sweeps")
+    listing = sub.add_parser("list", help="list the experiments and sweeps (or the config keys)")
+    listing.add_argument(
+        "--keys", action="store_true", help="every config key: default, allowed values, meaning"
+    )
+    data = sub.add_parser(
+        "data",
+        help="download and prepare a TFDS dataset (TensorFlow goes into its own environment)",
+    )
+    data.add_argument("dataset", help="a TFDS dataset name, e.g. mnist, fashion_mnist, cifar10")
+    data.add_argument("--data-dir", help="the TFDS data dir (default: $TFDS_DATA_DIR, else "
+                      "~/tensorflow_datasets)")  # fmt: skip
     return parser
 
 
@@ -138,6 +149,11 @@ def _sweep(args: argparse.Namespace, rest: list[str]) -> None:
 def _list(args: argparse.Namespace, rest: list[str]) -> None:
     if rest:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
+    if args.keys:
+        print("| key | default | allowed | meaning |\n|---|---|---|---|")
+        for key, s in config_lib.settings().items():
+            print(f"| `{key}` | {s.default!r} | {s.check.expected} | {s.doc} |")
+        return
     from vae_jax.sweeps.grid import available_sweeps
 
     print("\n".join(config_lib.available_experiments()))
@@ -146,7 +162,18 @@ def _list(args: argparse.Namespace, rest: list[str]) -> None:
         print("sweeps: " + ", ".join(sweeps))
 
 
-COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list}
+def _data(args: argparse.Namespace, rest: list[str]) -> None:
+    if rest:
+        raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
+    from vae_jax import data
+
+    config = config_lib.base_config()
+    data_dir = args.data_dir or data.resolve_data_dir(config.data)
+    data.prepare_tfds(args.dataset, data_dir)
+    print(f"prepared {args.dataset} in {data_dir}; export TFDS_DATA_DIR={data_dir}")
+
+
+COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list, "data": _data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

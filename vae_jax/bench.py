@@ -114,7 +114,8 @@ def measure(
     import jax.numpy as jnp
 
     from vae_jax import config as config_lib
-    from vae_jax.core import conv_ops, flops
+    from vae_jax.core import flops
+    from vae_jax.core.models import ARCHITECTURES, make_model
 
     config = config_lib.load_experiment(experiment, overrides)
     config = config_lib.with_values(config, {"train.batch_size": batch_size}, "bench")
@@ -131,11 +132,14 @@ def measure(
         rates.append(steps * batch_size * models / seconds)
     rates = rates[1:]
     median = statistics.median(rates)
-    train_flops = flops.train_flops(dataset.image_shape, **config.model)
+    own = ARCHITECTURES[config.model.arch].settings
+    native = {k: "native" for k in own if k == "conv_impl"}  # count the math, not the zero taps
+    counted = make_model(dataset.image_shape, **{**config.model, **native})
+    train_flops = flops.train_flops(counted, dataset.image_shape)
     return {
         "experiment": experiment,
         "arch": config.model.arch,
-        "conv_impl": conv_ops.resolve(config.model.conv_impl),
+        "arch_settings": ", ".join(f"{k}={config.model[k]}" for k in own),
         "batch_size": batch_size,
         "models": models,
         **_device_record(),
@@ -199,15 +203,16 @@ def _run_one(
 
 def format_table(records: list[dict]) -> str:
     head = (
-        "| backend | experiment | conv impl | batch | models | images/s (median, min-max) "
+        "| backend | experiment | arch (its settings) | batch | models "
+        "| images/s (median, min-max) "
         "| GFLOP/s | compile s | start to 1st step s | host MiB | device MiB |"
     )
     rows = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in records:
-        impl = r["conv_impl"] if r["arch"] == "conv" else "-"
+        arch = f"{r['arch']} ({r['arch_settings']})" if r["arch_settings"] else r["arch"]
         device_mib = f"{r['peak_device_memory_mib']:.0f}" if r["peak_device_memory_mib"] else "-"
         rows.append(
-            f"| {r['backend']} ({r['device']}) | {r['experiment']} | {impl} | {r['batch_size']} "
+            f"| {r['backend']} ({r['device']}) | {r['experiment']} | {arch} | {r['batch_size']} "
             f"| {r.get('models', 1)} | {r['images_per_sec_median']:,.0f} "
             f"({r['images_per_sec_min']:,.0f}-"
             f"{r['images_per_sec_max']:,.0f}) | {r['gflops_per_sec']:.1f} "

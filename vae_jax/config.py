@@ -1,96 +1,50 @@
-"""Experiment configs: every key with its default, its constraint and its meaning (one line
-each, in :data:`SETTINGS`); loading experiment files and ``--config.KEY=VALUE`` overrides with
-``ml_collections.config_flags``; validation; the diff against a saved run's config.
+"""Experiment configs: every key with its default, its constraint and its meaning (the general
+ones in :data:`GENERAL`, a component's next to its code, all of them in :func:`settings`);
+loading experiment files and ``--config.KEY=VALUE`` overrides with ``ml_collections.config_flags``;
+validation; the diff against a saved run's config.
 
 An experiment is a file ``experiments/<name>.py`` whose ``get_config()`` returns
 :func:`base_config` with a few fields changed, as in the flax examples. Every config has exactly
-the keys of :data:`SETTINGS`, so one validator serves all of them: an unknown key is named with
+the keys of :func:`settings`, so one validator serves all of them: an unknown key is named with
 a suggestion and the valid keys, a bad value with what is expected.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
+import importlib.util
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from vae_jax.core import models, objectives
+from vae_jax.core.settings import (
+    BOOL,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    TEXT,
+    Setting,
+    is_int,
+    one_of,
+)
 from vae_jax.errors import ConfigError
 
 EXPERIMENTS_ENV = "VAE_JAX_EXPERIMENTS_DIR"
-MAX_INT = 2**31 - 1  # every integer setting fits in int32 (seeds become JAX keys)
-
-
-class Check(NamedTuple):
-    expected: str  # what a valid value is, for the error message
-    accepts: Callable[[Any], bool]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _ints_from(low: int) -> Check:
-    return Check(
-        f"an integer from {low} to {MAX_INT}", lambda v: _is_int(v) and low <= v <= MAX_INT
-    )
-
-
-def _numbers(positive: bool) -> Check:
-    def accepts(v: Any) -> bool:
-        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        return ok and (v > 0 if positive else v >= 0)
-
-    return Check("a finite number > 0" if positive else "a finite number >= 0", accepts)
-
-
-def one_of(*choices: str) -> Check:
-    return Check("one of " + ", ".join(choices), lambda v: isinstance(v, str) and v in choices)
-
-
-POSITIVE_INT, NON_NEGATIVE_INT = _ints_from(1), _ints_from(0)
-POSITIVE, NON_NEGATIVE = _numbers(True), _numbers(False)
-BOOL = Check("true or false", lambda v: isinstance(v, bool))
-TEXT = Check("a string", lambda v: isinstance(v, str))
-WIDTHS = Check(
-    "a non-empty list of positive integers, e.g. 500,500",
-    lambda v: isinstance(v, tuple) and bool(v) and all(_is_int(d) and 0 < d <= MAX_INT for d in v),
-)
-
-
-class Setting(NamedTuple):
-    default: Any
-    check: Check
-    doc: str
-    resumable: bool = False  # may differ when an existing run is resumed
-
 
 # fmt: off
-SETTINGS: dict[str, Setting] = {
+GENERAL: dict[str, Setting] = {
     "seed": Setting(0, NON_NEGATIVE_INT, "the root of every random stream (init, order, noise)"),
-    # The model: conv is the seed's conv VAE (28x28x1 only), mlp dense layers of mlp_hidden_dims.
-    "model.arch": Setting("conv", one_of("conv", "mlp"), "the encoder and decoder networks"),
     "model.latent_dim": Setting(20, POSITIVE_INT, "latent dimensions"),
-    "model.mlp_hidden_dims": Setting((500,), WIDTHS, "mlp: hidden widths (the decoder's reversed)"),
-    "model.mlp_activation": Setting("relu", one_of("relu", "tanh"), "mlp: the activation"),
-    "model.likelihood": Setting(
-        "bernoulli", one_of("bernoulli", "gaussian"),
-        "p(x|z): bernoulli (sigmoid cross-entropy, the seed) or gaussian around sigmoid(logits)"),
-    "model.obs_stddev": Setting(0.1, POSITIVE, "gaussian: the observation stddev"),
-    "model.noise_scale": Setting(1.0, POSITIVE, "z = mean + noise_scale * stddev * eps (1: a VAE)"),
-    "model.conv_impl": Setting(
-        "auto", one_of("auto", "native", "space_to_depth"),
-        "how conv computes its strided convs, same math: auto = space_to_depth on CPU, else native",
-        resumable=True),
-    # The data: a prepared TFDS image dataset with train and test splits.
-    "data.name": Setting("mnist", TEXT, "the TFDS dataset"),
+    # The data: a TFDS image dataset with train and test splits, or arrays of your own.
+    "data.name": Setting("mnist", TEXT, "a TFDS image dataset, or a path to a .npz of arrays"),
     "data.tfds_data_dir": Setting(
         "", TEXT, "'' means $TFDS_DATA_DIR, else ~/tensorflow_datasets", resumable=True),
     "data.binarize": Setting(
@@ -110,9 +64,11 @@ SETTINGS: dict[str, Setting] = {
     "eval.batch_size": Setting(1000, POSITIVE_INT, "test images per chunk", resumable=True),
     "eval.num_samples": Setting(1, POSITIVE_INT, "posterior samples per test image for the -ELBO",
                                 resumable=True),
-    "eval.iwae_k": Setting(5000, POSITIVE_INT, "samples per image of the IWAE bound",
+    # A cheap bound after training; paper-grade (k=5000 on all 10k images) is one make eval:
+    # make eval EXP=... ARGS="--config.eval.iwae_k=5000 --config.eval.iwae_test_size=0"
+    "eval.iwae_k": Setting(100, POSITIVE_INT, "samples per image of the IWAE bound",
                            resumable=True),
-    "eval.iwae_test_size": Setting(0, NON_NEGATIVE_INT, "the IWAE bound on the first N test "
+    "eval.iwae_test_size": Setting(1000, NON_NEGATIVE_INT, "the IWAE bound on the first N test "
                                    "images (0: all)", resumable=True),
     "eval.iwae_pairs_per_call": Setting(1024, POSITIVE_INT, "at most this many (image, sample) "
                                         "decodes per jitted call: bounds memory", resumable=True),
@@ -127,11 +83,47 @@ SETTINGS: dict[str, Setting] = {
                                         "(0: only after each epoch)", resumable=True),
 }
 # fmt: on
+USER_MODELS = "models"  # experiments/models/*.py: architectures of the user's own
+
+
+def settings() -> dict[str, Setting]:
+    """Every config key: :data:`GENERAL`, the objective's and each architecture's (those of
+    this package and those in ``experiments/models/``)."""
+    _import_user_models()
+    keys = {**GENERAL, **objectives.SETTINGS}
+    keys["model.arch"] = Setting(
+        "conv", one_of(*models.ARCHITECTURES), "the encoder and decoder (conv: the seed's)"
+    )
+    for arch in models.ARCHITECTURES.values():
+        keys.update({f"model.{k}": s for k, s in arch.settings.items()})
+    return dict(sorted(keys.items()))
+
+
+_imported: set[Path] = set()
+
+
+def _import_user_models() -> None:
+    """Import every ``experiments/models/*.py`` once: each registers its architectures."""
+    folder = experiments_dir() / USER_MODELS
+    for name in python_files(folder):
+        path = (folder / f"{name}.py").resolve()
+        if path in _imported:
+            continue
+        _imported.add(path)
+        spec = importlib.util.spec_from_file_location(f"vae_jax_user_models.{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise ConfigError(
+                f"cannot import the model file {path}: {type(e).__name__}: {e}"
+            ) from e
 
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key with its default: the seed experiment (see experiments/mnist_z20.py)."""
-    return unflatten({key: s.default for key, s in SETTINGS.items()})
+    return unflatten({key: s.default for key, s in settings().items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +284,8 @@ def _parse(
         config.get("seed")  # a file that failed to load raises here
     except flags.IllegalFlagValueError as e:
         match = re.match(r"flag --config\.([^=]+)=(.*?): ", str(e))
-        if match and match[1] in SETTINGS:
-            expected = SETTINGS[match[1]].check.expected
+        if match and match[1] in (keys := settings()):
+            expected = keys[match[1]].check.expected
             raise ConfigError(
                 f"{source}: {match[1]}={match[2]!r} is invalid; expected {expected}"
             ) from None
@@ -315,7 +307,7 @@ def with_values(
     for key, value in values.items():
         if key not in flat:
             raise ConfigError(f"{source}: {_unknown_key(key, flat)}")
-        if isinstance(flat[key], float) and _is_int(value):
+        if isinstance(flat[key], float) and is_int(value):
             value = float(value)
         elif isinstance(flat[key], tuple) and isinstance(value, list):
             value = tuple(value)
@@ -338,14 +330,14 @@ def _unknown_key(key: str, known: Sequence[str]) -> ConfigError:
 
 def validate(config: ml_collections.ConfigDict, source: str = "config") -> None:
     """Raise :class:`ConfigError` naming the key and the valid values, for the first problem."""
-    flat = flatten(config)
+    flat, keys = flatten(config), settings()
     for key in flat:
-        if key not in SETTINGS:
-            raise ConfigError(f"{source}: {_unknown_key(key, SETTINGS)}")
-    missing = sorted(set(SETTINGS) - set(flat))
+        if key not in keys:
+            raise ConfigError(f"{source}: {_unknown_key(key, keys)}")
+    missing = sorted(set(keys) - set(flat))
     if missing:
         raise ConfigError(f"{source}: missing config keys: {', '.join(missing)}")
-    for key, setting in SETTINGS.items():
+    for key, setting in keys.items():
         if not setting.check.accepts(flat[key]):
             raise ConfigError(
                 f"{source}: {key}={flat[key]!r} is invalid; expected {setting.check.expected}"
@@ -386,16 +378,15 @@ def check_resumable(
 ) -> None:
     """Refuse to resume the run saved in ``workdir`` (its ``config.json``) with ``config`` if
     they differ in a key that may not change on resume."""
+    keys = settings()
     changed = {
-        k: v
-        for k, v in diff(saved, config).items()
-        if not (k in SETTINGS and SETTINGS[k].resumable)
+        k: v for k, v in diff(saved, config).items() if not (k in keys and keys[k].resumable)
     }
     if changed:
         lines = "\n".join(
             f"  {k}: {old!r} in the workdir, {new!r} now" for k, (old, new) in changed.items()
         )
-        resumable = [k for k, s in SETTINGS.items() if s.resumable and not k.startswith("eval.")]
+        resumable = [k for k, s in keys.items() if s.resumable and not k.startswith("eval.")]
         raise ConfigError(
             f"workdir {workdir} holds a run with a different config:\n{lines}\n"
             "Choose another --workdir, start anew there with --force (the old run is moved "

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +31,9 @@ from vae_jax.core import pixels
 from vae_jax.errors import DataError
 
 CACHE_ENV = "VAE_JAX_CACHE_DIR"
+AUTO_PREPARE_ENV = "VAE_JAX_AUTO_PREPARE"
+PREPARE_PACKAGES = ("tensorflow-cpu", "tensorflow-datasets", "array-record", "pillow",
+                    "importlib_resources")  # fmt: skip
 _DECODE_CHUNK = 5000
 
 
@@ -67,26 +72,65 @@ def cache_dir() -> Path:
 
 def _not_prepared_message(name: str, data_dir: str) -> str:
     return (
-        f"TFDS dataset {name!r} is not prepared in {data_dir!r}.\n"
-        "Point at a data dir where it is prepared:\n"
-        "    export TFDS_DATA_DIR=/path/to/tensorflow_datasets"
-        "   (or --config.data.tfds_data_dir=...)\n"
-        "  (in this project's checkout: TFDS_DATA_DIR=../shared/data/tensorflow_datasets)\n"
-        "or prepare it there (downloads it; installs TensorFlow into .venv-data, not .venv):\n"
-        f"    make data DATASET={name} TFDS_DATA_DIR={data_dir}"
+        f"TFDS dataset {name!r} is not prepared in {data_dir!r}. Point at a data dir where it "
+        "is prepared: export TFDS_DATA_DIR=/path/to/tensorflow_datasets (or "
+        f"--config.data.tfds_data_dir=...), or prepare it there: "
+        f"python -m vae_jax data {name} --data-dir {data_dir} (downloads it; TFDS needs "
+        "TensorFlow for that, which goes into a separate environment, not this one)"
     )
 
 
-def _builder(name: str, data_dir: str):
+def _builder(name: str, data_dir: str, prepare: bool = False):
+    """The TFDS builder of a prepared dataset; ``prepare`` prepares it first if it is not."""
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"unknown TFDS dataset {name!r} (config data.name)") from None
+        raise DataError(
+            f"unknown TFDS dataset {name!r} (config data.name); give a TFDS image dataset "
+            "(mnist, fashion_mnist, kmnist, cifar10, binarized_mnist, ...) or a path to a .npz"
+        ) from None
+    if not builder.is_prepared() and prepare:
+        prepare_tfds(name, data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
         raise DataError(_not_prepared_message(name, data_dir))
     return builder
+
+
+def auto_prepare(data_config: ml_collections.ConfigDict) -> bool:
+    """Prepare a missing TFDS dataset by itself only in TFDS's default data dir (nothing else
+    was asked for) and unless ``$VAE_JAX_AUTO_PREPARE=0``."""
+    default = not data_config.tfds_data_dir and not os.environ.get("TFDS_DATA_DIR")
+    return default and os.environ.get(AUTO_PREPARE_ENV, "1") != "0"
+
+
+def prepare_tfds(name: str, data_dir: str) -> None:
+    """Download and prepare TFDS dataset ``name`` in ``data_dir`` (array_record files).
+
+    TFDS needs TensorFlow to prepare a dataset (not to read it): it is installed into its own
+    environment, ``<cache>/tfds-prepare-venv``, and never enters this one. Needs internet."""
+    venv = cache_dir() / "tfds-prepare-venv"
+    python = venv / "bin" / "python"
+    print(f"Preparing TFDS dataset {name!r} in {data_dir!r} (once; TensorFlow goes into {venv})")
+    steps = []
+    if not python.exists():
+        steps.append([sys.executable, "-m", "venv", str(venv)])
+        steps.append([str(python), "-m", "pip", "install", "-q", *PREPARE_PACKAGES])
+    script = (
+        "import sys, tensorflow_datasets as tfds; b = tfds.builder(sys.argv[1], "
+        "data_dir=sys.argv[2]); b.download_and_prepare(file_format='array_record')"
+    )
+    steps.append([str(python), "-c", script, name, data_dir])
+    for step in steps:
+        out = subprocess.run(step, capture_output=True, text=True)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+            raise DataError(
+                f"could not prepare TFDS dataset {name!r} in {data_dir!r} ({last}); without "
+                "internet that is expected. " + _not_prepared_message(name, data_dir)
+            )
 
 
 def _fingerprint(builder, split: str) -> str:
@@ -140,9 +184,12 @@ def _decode(name: str, split: str, data_dir: str, n: int) -> tuple[np.ndarray, n
     return np.stack(images), np.asarray(labels, np.int32)
 
 
-def load_split(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of a prepared TFDS split."""
-    builder = _builder(name, data_dir)
+def load_split(
+    name: str, split: str, data_dir: str, prepare: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of a TFDS split; ``prepare``
+    prepares the dataset first if it is not (:func:`prepare_tfds`)."""
+    builder = _builder(name, data_dir, prepare)
     if split not in builder.info.splits:
         raise DataError(
             f"TFDS dataset {name!r} in {data_dir!r} has no split {split!r}; "
@@ -153,6 +200,10 @@ def load_split(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.nda
             f"TFDS dataset {name!r} in {data_dir!r} has no 'image' feature (it has "
             f"{', '.join(builder.info.features)}); expected an image dataset like mnist"
         )
+    shape = builder.info.features["image"].shape
+    if shape and None not in shape:
+        n = builder.info.splits[split].num_examples
+        check_fits_in_memory(n * int(np.prod(shape)), f"TFDS dataset {name!r}/{split}")
     key = _fingerprint(builder, split)[:20]
     path = cache_dir() / f"{name}-{builder.version}-{split}-{key}.npz"
     cached = _read_cache(path)
@@ -186,7 +237,10 @@ def static_binarize(images: np.ndarray, seed: int, split: str) -> np.ndarray:
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     """Train and test splits as ``config.data`` asks: subset, binarized or not.
 
-    - ``binarize='none'``: grayscale intensities.
+    ``data.name``: a TFDS image dataset with train and test splits, or a path to a ``.npz``
+    file of the user's own (:func:`load_arrays`). Images become uint8 (:func:`as_uint8`).
+
+    - ``binarize='none'``: the intensities as they are (grayscale, or 0/1 data).
     - ``'static'``: train and test binarized once with keys from ``binarize_seed``.
     - ``'dynamic'``: train stays grayscale here and is binarized afresh at every step by the
       train step; test is binarized once with the fixed key of ``binarize_seed``.
@@ -194,10 +248,16 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     Binarization is applied to the whole split before taking the ``train_size``/``test_size``
     prefix, so image i gets the same bits whatever the subset size.
     """
-    data_dir = resolve_data_dir(data_config)
     name = data_config.name
-    train_x, train_y = load_split(name, "train", data_dir)
-    test_x, test_y = load_split(name, "test", data_dir)
+    if name.endswith(".npz"):
+        where = name
+        train_x, train_y, test_x, test_y = load_arrays(name)
+    else:
+        where = f"{name!r} in {resolve_data_dir(data_config)!r}"
+        prepare = auto_prepare(data_config)
+        train_x, train_y = load_split(name, "train", resolve_data_dir(data_config), prepare)
+        test_x, test_y = load_split(name, "test", resolve_data_dir(data_config), prepare)
+        train_x, test_x = as_uint8(train_x, f"{name}/train"), as_uint8(test_x, f"{name}/test")
     if data_config.binarize == "static":
         train_x = static_binarize(train_x, data_config.binarize_seed, "train")
     if data_config.binarize in ("static", "dynamic"):
@@ -207,9 +267,115 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     for what, n, have in (("train", n_train, len(train_x)), ("test", n_test, len(test_x))):
         if n > have:
             raise DataError(
-                f"data.{what}_size={n} but {name!r}/{what} in {data_dir!r} has {have} images"
+                f"data.{what}_size={n} but the {what} split of {where} has {have} images"
             )
     return Dataset(train_x[:n_train], train_y[:n_train], test_x[:n_test], test_y[:n_test])
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays of the user's own
+
+
+def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_images, train_labels, test_images, test_labels)`` of a ``.npz`` file holding
+    ``train_images`` and ``test_images`` ([N, H, W] or [N, H, W, C]; uint8 0..255 or 0/1, or
+    floats in [0, 1]) and optionally ``train_labels`` and ``test_labels`` (ints, one per image;
+    zeros if absent). The file is only read."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data.name={path!r}: no such .npz file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {Path(n).stem for n in z.namelist()}
+            sizes = [
+                _npy_nbytes(z, f"{k}.npy") for k in ("train_images", "test_images") if k in names
+            ]
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    missing = {"train_images", "test_images"} - names
+    if missing:
+        raise DataError(
+            f"{path} has no {' or '.join(sorted(missing))} array (it has "
+            f"{', '.join(sorted(names)) or 'none'}); expected train_images, test_images and "
+            "optionally train_labels, test_labels"
+        )
+    check_fits_in_memory(sum(sizes), path)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    out = []
+    for split in ("train", "test"):
+        images = as_uint8(arrays[f"{split}_images"], f"{path}: {split}_images")
+        labels = arrays.get(f"{split}_labels", np.zeros(len(images), np.int32))
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{path}: {split}_labels are {labels.dtype} of shape {labels.shape}; expected "
+                f"one integer per image, shape ({len(images)},)"
+            )
+        out += [images, labels.astype(np.int32)]
+    return out[0], out[1], out[2], out[3]
+
+
+def _npy_nbytes(z: zipfile.ZipFile, member: str) -> int:
+    """The size of an array in a .npz, from its header alone."""
+    with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def as_uint8(images: np.ndarray, where: str) -> np.ndarray:
+    """Images as uint8 ``[N, H, W, C]``, 0..255: grayscale or color intensities as they are,
+    0/1 data (binarized, any dtype) scaled to 0/255, floats in [0, 1] rounded to 1/255 steps.
+    Anything else is a :class:`DataError` naming ``where``."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or len(images) == 0 or images.shape[-1] not in (1, 3):
+        raise DataError(
+            f"{where}: images of shape {images.shape}; expected [N, H, W] or [N, H, W, C] with "
+            "N >= 1 and C = 1 (grayscale) or 3 (RGB)"
+        )
+    if images.dtype == np.bool_:
+        return images.astype(np.uint8) * 255
+    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    integer = np.issubdtype(images.dtype, np.integer)
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > (255 if integer else 1):
+        raise DataError(
+            f"{where}: pixel values range from {low:g} to {high:g}; expected integers 0..255 "
+            "(or 0/1) or floats in [0, 1]"
+        )
+    if integer:
+        return images.astype(np.uint8) * (255 if high <= 1 else 1)
+    return np.round(images.astype(np.float64) * 255).astype(np.uint8)
+
+
+def check_fits_in_memory(nbytes: int, where: str) -> None:
+    """Refuse a dataset whose uint8 images (held twice: on the host and on the device) would
+    not fit in this machine's available memory."""
+    available = _available_memory_bytes()
+    if available is not None and 2 * nbytes > available:
+        raise DataError(
+            f"{where}: its images need {nbytes / 2**30:.1f} GiB as uint8, twice over (host and "
+            f"device), but {available / 2**30:.1f} GiB of memory are available. Use "
+            "data.train_size / data.test_size, or a smaller dataset"
+        )
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_dataset(dataset: Dataset, batch_size: int) -> None:

@@ -67,6 +67,11 @@ def test_mlp_matches_flax_example_layout():
     assert shapes["decoder/Dense_1/kernel"] == (500, 784)
 
 
-def test_conv_rejects_other_image_shapes():
-    with pytest.raises(ValueError, match="28x28x1"):
-        make_model((32, 32, 3), **base_config().model)
+def test_conv_takes_any_image_whose_sides_divide_by_4():
+    model = make_model((32, 24, 3), **base_config().model)
+    params = init_params(model, jax.random.key(0), (32, 24, 3))
+    mean, _ = model.apply({"params": params}, jnp.zeros((2, 32, 24, 3)), method=VAE.encode)
+    assert model.apply({"params": params}, mean, method=VAE.decode).shape == (2, 32, 24, 3)
+    assert params["decoder"]["Dense_0"]["kernel"].shape == (20, 8 * 6 * 32)
+    with pytest.raises(ValueError, match=r"divide by 4; images are \(30, 32, 1\)"):
+        make_model((30, 32, 1), **base_config().model)

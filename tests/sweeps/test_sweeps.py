@@ -142,7 +142,8 @@ def test_tiny_sweep_end_to_end_in_two_shards_then_nothing_to_do(tmp_path, monkey
     assert [r["point"] for r in rows] == names
     assert all(np.isfinite(float(r["test_neg_elbo_nats"])) for r in rows)
     assert all(np.isfinite(float(r["iwae_nll_nats"])) for r in rows)
-    for png in ("elbo_vs_latent.png", "rate_distortion.png", "reconstructions.png"):
+    pngs = ("elbo_vs_latent_dim.png", "rate_distortion.png", "reconstructions_epoch_01.png")
+    for png in (*pngs, "reconstructions_epoch_02.png"):
         assert (root / png).stat().st_size > 1000
     summary_md = (root / "summary.md").read_text()
     assert summary_md.count("| latent_dim=") == 4
@@ -220,3 +221,66 @@ def test_non_finite_point_fails_alone_and_the_sweep_says_so(tmp_path, capsys):
         "noise_scale=0.5,learning_rate=0.001,seed=0",
         "noise_scale=1.0,learning_rate=0.001,seed=0",
     ]
+
+
+def _fake_point(root, point, elbo: float) -> None:
+    """A finished point's files as training writes them (metrics.jsonl, eval.json), with a
+    made-up test -ELBO."""
+    import json
+
+    from vae_jax.outputs.plots import make_grid, recon_path, save_png
+
+    run = root / point.name
+    (run / "figures").mkdir(parents=True)
+    record = {
+        "epoch": 1, "step": 4, "test_neg_elbo_nats": elbo, "test_recon_nats": elbo - 10,
+        "test_kl_nats": 10.0, "train_seconds": 1.0, "eval_seconds": 0.1,
+        "compile_seconds": 0.5, "images_per_sec": 100.0, "models_together": 1,
+    }  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    (run / "eval.json").write_text(json.dumps({"step": 4, "test_neg_elbo_nats": elbo}))
+    grid = make_grid(np.full((64, 28, 28), elbo % 1.0))
+    save_png(recon_path(run / "figures", 1), grid)
+    save_png(run / "figures" / "originals.png", grid)
+
+
+def test_the_summary_follows_the_grid_keys_and_averages_only_seeds(tmp_path):
+    """A 3-key grid (learning rate x latent size x KL-free noise scale) with 2 seeds: a column
+    per key, a line per value of the second key, a panel per value of the third, and two
+    learning rates are never averaged together."""
+    from vae_jax.sweeps import summary
+
+    grid = {
+        "train.learning_rate": [0.001, 0.01],
+        "model.latent_dim": [2, 5],
+        "model.noise_scale": [0.5, 1.0],
+        "seed": [0, 1],
+    }
+    sweep = expand(*load_sweep_spec(_write_sweep(tmp_path, grid, {"train.num_epochs": 1})))
+    root = tmp_path / "out"
+
+    def elbo(v):  # far apart by learning rate, 1 nat apart by seed
+        return 100 * (v["train.learning_rate"] == 0.01) + v["model.latent_dim"] + v["seed"]
+
+    for p in sweep.points:
+        _fake_point(root, p, elbo(p.values) + 0.25 * p.values["model.noise_scale"])
+    summary.write_summary(root, sweep)
+    rows = list(csv.DictReader((root / "summary.csv").open()))
+    assert list(rows[0])[:5] == ["point", "learning_rate", "latent_dim", "noise_scale", "seed"]
+    assert len(rows) == 16
+    layout = summary.Layout.of(sweep)
+    assert (layout.x, layout.line, layout.panels) == (
+        "train.learning_rate", "model.latent_dim", ["model.noise_scale"]
+    )  # fmt: skip
+    series = summary.elbo_series(summary.collect(root, sweep), layout)
+    assert set(series) == {(0.5,), (1.0,)}  # a panel per noise scale
+    for (scale,), lines in series.items():
+        assert set(lines) == {2, 5}  # a line per latent size
+        for z, points in lines.items():
+            assert [x for x, *_ in points] == [0.001, 0.01]
+            for lr, mean, std, seeds in points:
+                assert seeds == 2  # only the seeds were averaged
+                want = 100 * (lr == 0.01) + z + 0.5 + 0.25 * scale
+                assert mean == pytest.approx(want) and std == pytest.approx(np.std([0, 1], ddof=1))
+    for png in ("elbo_vs_learning_rate.png", "rate_distortion.png", "reconstructions_epoch_01.png"):
+        assert (root / png).stat().st_size > 10_000, png

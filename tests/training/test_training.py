@@ -16,17 +16,20 @@ from vae_jax.outputs.metrics import read_jsonl, tensorboard_scalars
 from vae_jax.training.run import train_and_evaluate
 
 
-def _tensorboard_scalars(logdir) -> set:
-    """(tag, step, value) of every scalar in the event files, parsed without TensorFlow."""
+def _tensorboard_events(logdir) -> list:
+    """Every summary value in the event files, as (tag, step, value), parsed without
+    TensorFlow; an image's value is its (height, width)."""
     from tensorboardX.proto.event_pb2 import Event
 
-    out = set()
+    out = []
     for path in logdir.glob("events.out.tfevents.*"):
         raw, i = path.read_bytes(), 0
         while i < len(raw):  # TFRecord: u64 length, u32 crc, payload, u32 crc
             (n,) = struct.unpack("<Q", raw[i : i + 8])
             event = Event.FromString(raw[i + 12 : i + 12 + n])
-            out |= {(v.tag, event.step, v.simple_value) for v in event.summary.value}
+            for v in event.summary.value:
+                image = (v.image.height, v.image.width) if v.HasField("image") else None
+                out.append((v.tag, event.step, image or v.simple_value))
             i += 12 + n + 4
     return out
 
@@ -100,11 +103,21 @@ def test_outputs_of_a_run(tmp_path, data):
         *(f"recon_epoch_{e:02d}.png" for e in (1, 2, 3)),
         *(f"samples_epoch_{e:02d}.png" for e in (1, 2, 3)),
     }
-    assert _tensorboard_scalars(tmp_path / "tensorboard") == {
+    events = _tensorboard_events(tmp_path / "tensorboard")
+    epoch_scalars = {e for e in events if e[0] != "train/loss_running_nats" and e[0] in {
+        tag for r in history for tag in tensorboard_scalars(r)}}  # fmt: skip
+    assert epoch_scalars == {
         (tag, r["epoch"], float(np.float32(value)))  # TensorBoard stores float32
         for r in history
         for tag, value in tensorboard_scalars(r).items()
     }
+    # the running train loss every log_every_steps (4) steps, images of every epoch, hparams
+    running = [(step, value) for tag, step, value in events if tag == "train/loss_running_nats"]
+    assert [s for s, _ in running] == [4, 12, 20]  # read one log point late: no stall
+    assert all(np.isfinite(v) and v > 0 for _, v in running)
+    grids = {(tag, step) for tag, step, value in events if isinstance(value, tuple)}
+    assert grids == {(t, e) for t in ("reconstructions", "samples") for e in (1, 2, 3)}
+    assert list((tmp_path / "tensorboard" / "hparams").glob("events.out.tfevents.*"))
     ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts == [8, 16, 24]
     assert not list(tmp_path.rglob("*.tmp"))
@@ -112,7 +125,7 @@ def test_outputs_of_a_run(tmp_path, data):
 
 def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
     """Evaluating the saved parameters again gives the logged test -ELBO exactly."""
-    from vae_jax.core import objectives
+    from vae_jax.core import objectives, rng
     from vae_jax.evaluation.evaluators import make_test_evaluator
 
     history = train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data)
@@ -122,7 +135,7 @@ def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
         model,
         data.test_images,
         parallel.make_mesh(),
-        state.root,
+        rng.stream(state.root, rng.Stream.EVAL),
         log_lik=objectives.log_likelihood(m.likelihood, m.obs_stddev),
         noise_scale=m.noise_scale,
         batch_size=config.eval.batch_size,

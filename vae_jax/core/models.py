@@ -1,20 +1,28 @@
-"""Encoder and decoder networks: pure Flax linen modules, no randomness inside.
+"""Encoder and decoder networks: pure Flax linen modules, no randomness inside, and the
+registry of architectures that ``model.arch`` names.
 
 An encoder maps images ``[B, H, W, C]`` (floats in [0, 1]) to the mean and the log-variance of a
 diagonal Gaussian q(z|x): ``stddev = exp(logvar / 2)`` is positive by construction and the KL
 term is stable in ``logvar``. A decoder maps latents ``[B, latent_dim]`` to pixel logits
 ``[B, H, W, C]``. Sampling lives in :mod:`vae_jax.core.objectives`, so both are deterministic.
+
+An architecture is a function ``(image_shape, latent_dim, **its settings) -> VAE`` registered
+with :func:`architecture`, which also declares its own config keys (``model.<key>``); a file in
+``experiments/models/`` can register one without touching this package (README, "Extend").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vae_jax.core import conv_ops
+from vae_jax.core.settings import WIDTHS, Setting, one_of
 
 # The seed (kvfrans/variational-autoencoder, ops.py) initializes conv and transposed-conv
 # kernels with a truncated normal and dense matrices with a normal, both of stddev 0.02, and
@@ -22,7 +30,6 @@ from vae_jax.core import conv_ops
 SEED_CONV_INIT = nn.initializers.truncated_normal(0.02)
 SEED_DENSE_INIT = nn.initializers.normal(0.02)
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
-CONV_IMAGE_SHAPE = (28, 28, 1)
 
 
 class Stride2Conv(nn.Module):
@@ -67,20 +74,23 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The seed's decoder: dense z->7x7x32, ReLU, two 5x5 stride-2 transposed convs to 28x28x1.
+    """The seed's decoder: dense z->(H/4)x(W/4)x32, ReLU, two 5x5 stride-2 transposed convs to
+    HxWxC (7x7x32 -> 14x14x16 -> 28x28x1 for MNIST).
 
     As in the seed, the transposed convs have no bias (its ``conv_transpose`` creates one but
     never adds it).
     """
 
+    image_shape: Sequence[int] = (28, 28, 1)
     conv_impl: str = "native"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        h = nn.Dense(7 * 7 * 32, kernel_init=SEED_DENSE_INIT)(z)
-        h = nn.relu(h.reshape(z.shape[0], 7, 7, 32))
-        h = Stride2Conv(16, True, self.conv_impl, name="ConvTranspose_0")(h)
-        return Stride2Conv(1, True, self.conv_impl, name="ConvTranspose_1")(nn.relu(h))
+        h, w, c = self.image_shape
+        x = nn.Dense(h // 4 * (w // 4) * 32, kernel_init=SEED_DENSE_INIT)(z)
+        x = nn.relu(x.reshape(z.shape[0], h // 4, w // 4, 32))
+        x = Stride2Conv(16, True, self.conv_impl, name="ConvTranspose_0")(x)
+        return Stride2Conv(c, True, self.conv_impl, name="ConvTranspose_1")(nn.relu(x))
 
 
 class MLPEncoder(nn.Module):
@@ -135,23 +145,78 @@ class VAE(nn.Module):
         return self.decoder(z)
 
 
+class Architecture(NamedTuple):
+    build: Callable[..., VAE]  # (image_shape, latent_dim, **settings) -> VAE
+    settings: dict[str, Setting]  # its own keys, model.<key> in the config
+    doc: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def architecture(name: str, settings: dict[str, Setting] | None = None) -> Callable:
+    """Register the decorated ``build(image_shape, latent_dim, **settings) -> VAE`` as
+    ``model.arch=name``; ``settings`` declares its own keys (``model.<key>``), each with its
+    default, constraint and meaning. Raise ``ValueError`` in ``build`` for image shapes it
+    cannot take."""
+
+    def register(build: Callable[..., VAE]) -> Callable[..., VAE]:
+        ARCHITECTURES[name] = Architecture(build, dict(settings or {}), inspect.getdoc(build) or "")
+        return build
+
+    return register
+
+
 def make_model(image_shape: Sequence[int], arch: str, latent_dim: int, **settings) -> VAE:
     """The VAE of architecture ``arch`` for images of ``image_shape`` (H, W, C).
 
-    ``settings``: the keys of ``config.model``; each architecture reads its own (conv:
-    ``conv_impl``; mlp: ``mlp_hidden_dims``, ``mlp_activation``) and leaves the objective's.
+    ``settings``: the keys of ``config.model``; the architecture takes its own and leaves the
+    others (the objective's, other architectures').
     """
-    image_shape = tuple(image_shape)
-    if arch == "conv":
-        if image_shape != CONV_IMAGE_SHAPE:
-            raise ValueError(
-                f"model.arch='conv' is the seed's 28x28x1 network; images are {image_shape}. "
-                "Use model.arch='mlp' for other shapes."
-            )
-        impl = conv_ops.resolve(settings["conv_impl"])
-        return VAE(ConvEncoder(latent_dim, impl), ConvDecoder(impl))
-    hidden, act = tuple(settings["mlp_hidden_dims"]), settings["mlp_activation"]
-    return VAE(MLPEncoder(latent_dim, hidden, act), MLPDecoder(image_shape, hidden, act))
+    spec = ARCHITECTURES[arch]
+    return spec.build(tuple(image_shape), latent_dim, **{k: settings[k] for k in spec.settings})
+
+
+@architecture(
+    "conv",
+    {
+        "conv_impl": Setting(
+            "auto",
+            one_of(*conv_ops.IMPLS),
+            "conv: how the strided convs are computed, same math: auto = space_to_depth on "
+            "CPU, native elsewhere",
+            resumable=True,
+        )
+    },
+)
+def conv_vae(image_shape: tuple[int, ...], latent_dim: int, conv_impl: str) -> VAE:
+    """The seed's conv VAE (Frans 2016) for images whose height and width divide by 4."""
+    h, w, _ = image_shape
+    if h % 4 or w % 4:
+        raise ValueError(
+            f"model.arch='conv' needs images whose height and width divide by 4; images are "
+            f"{image_shape}. Use model.arch='mlp', or pad or crop the images."
+        )
+    impl = conv_ops.resolve(conv_impl)
+    return VAE(ConvEncoder(latent_dim, impl), ConvDecoder(image_shape, impl))
+
+
+@architecture(
+    "mlp",
+    {
+        "mlp_hidden_dims": Setting((500,), WIDTHS, "mlp: hidden widths (the decoder's reversed)"),
+        "mlp_activation": Setting("relu", one_of(*ACTIVATIONS), "mlp: the activation"),
+    },
+)
+def mlp_vae(
+    image_shape: tuple[int, ...], latent_dim: int, mlp_hidden_dims: tuple, mlp_activation: str
+) -> VAE:
+    """Dense layers, as in the Flax and PyTorch examples (784-500-20) and Burda et al."""
+    hidden = tuple(mlp_hidden_dims)
+    return VAE(
+        MLPEncoder(latent_dim, hidden, mlp_activation),
+        MLPDecoder(image_shape, hidden, mlp_activation),
+    )
 
 
 def init_params(model: VAE, key: jax.Array, image_shape: Sequence[int]) -> dict:

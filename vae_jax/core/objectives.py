@@ -31,8 +31,18 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.core.models import VAE
+from vae_jax.core.settings import POSITIVE, Setting, one_of
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+SETTINGS = {  # the objective's config keys
+    "model.likelihood": Setting(
+        "bernoulli",
+        one_of(*LIKELIHOODS),
+        "p(x|z): bernoulli (sigmoid cross-entropy, the seed) or gaussian around sigmoid(logits)",
+    ),
+    "model.obs_stddev": Setting(0.1, POSITIVE, "gaussian: the observation stddev"),
+    "model.noise_scale": Setting(1.0, POSITIVE, "z = mean + noise_scale * stddev * eps (1: a VAE)"),
+}
 LOG_2PI = math.log(2.0 * math.pi)
 LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, x) -> [B] nats
 

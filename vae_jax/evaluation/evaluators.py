@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from vae_jax import parallel
-from vae_jax.core import objectives, rng
+from vae_jax.core import objectives
 from vae_jax.core.models import VAE
 from vae_jax.core.pixels import to_float
 from vae_jax.outputs.metrics import peak_host_memory_bytes
@@ -56,7 +56,7 @@ def make_test_evaluator(
     model: VAE,
     images: np.ndarray,
     mesh: Mesh,
-    root: jax.Array,
+    key: jax.Array,
     *,
     log_lik: objectives.LogLikelihood,
     noise_scale: float,
@@ -66,30 +66,60 @@ def make_test_evaluator(
     """A function ``params -> {'neg_elbo': .., 'recon': .., 'kl': ..}`` (means over ``images``).
 
     The reconstruction term is averaged over ``num_samples`` posterior samples per image; the
-    KL is analytic. Chunk i draws its samples from ``fold_in(EVAL, i)``, so every epoch sees the
-    same noise and test numbers are comparable across epochs.
+    KL is analytic. Chunk i draws its samples from ``fold_in(key, i)`` (a run's ``key`` is its
+    EVAL stream), so every epoch sees the same noise and test numbers are comparable across
+    epochs.
     """
     n = len(images)
     chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
-    eval_root = rng.stream(root, rng.Stream.EVAL)
-    keys = [jax.random.fold_in(eval_root, i) for i in range(len(chunks))]
+    keys = [jax.random.fold_in(key, i) for i in range(len(chunks))]
+    terms = _elbo_terms(model, log_lik, noise_scale, num_samples)
 
     @jax.jit
     def chunk_sums(params, images_u8, mask, key):
-        x = to_float(images_u8)
-
-        def one(k):
-            t = objectives.elbo_terms(model, params, x, k, log_lik, noise_scale)
-            return jnp.stack([t.recon + t.kl, t.recon, t.kl])
-
-        per_image = jnp.mean(jax.vmap(one)(jax.random.split(key, num_samples)), axis=0)
-        return jnp.sum(per_image * mask, axis=-1)
+        return jnp.sum(terms(params, images_u8, key) * mask, axis=-1)
 
     def evaluate(params: dict) -> dict[str, float]:
         total = sum(chunk_sums(params, x, m, k) for (x, m), k in zip(chunks, keys, strict=True))
         return dict(zip(EVAL_METRICS, (np.asarray(total) / n).tolist(), strict=True))
 
     return evaluate
+
+
+def elbo_per_image(
+    model: VAE,
+    params: dict,
+    images: np.ndarray,
+    mesh: Mesh,
+    key: jax.Array,
+    *,
+    log_lik: objectives.LogLikelihood,
+    noise_scale: float,
+    batch_size: int,
+    num_samples: int,
+) -> np.ndarray:
+    """``[3, N]`` float64: each image's -ELBO, reconstruction and KL term (nats), with the noise
+    of :func:`make_test_evaluator`: its mean over the images is that evaluator's result."""
+    n = len(images)
+    chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
+    fn = jax.jit(_elbo_terms(model, log_lik, noise_scale, num_samples))
+    parts = [fn(params, x, jax.random.fold_in(key, i)) for i, (x, _) in enumerate(chunks)]
+    return np.concatenate([np.asarray(p, np.float64) for p in parts], axis=1)[:, :n]
+
+
+def _elbo_terms(model: VAE, log_lik, noise_scale: float, num_samples: int) -> Callable:
+    """``(params, images_u8, key) -> [3, B]``: -ELBO, recon, KL of each image."""
+
+    def terms(params, images_u8, key):
+        x = to_float(images_u8)
+
+        def one(k):
+            t = objectives.elbo_terms(model, params, x, k, log_lik, noise_scale)
+            return jnp.stack([t.recon + t.kl, t.recon, t.kl])
+
+        return jnp.mean(jax.vmap(one)(jax.random.split(key, num_samples)), axis=0)
+
+    return terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +163,7 @@ def iwae_bound(
     params: dict,
     images: np.ndarray,
     mesh: Mesh,
-    root: jax.Array,
+    key: jax.Array,
     *,
     log_lik: objectives.LogLikelihood,
     noise_scale: float,
@@ -142,13 +172,13 @@ def iwae_bound(
     pairs_per_call: int,
 ) -> IwaeResult:
     """The ``k``-sample bound of every image, computed in chunks of at most ``pairs_per_call``
-    decodes with a streaming log-sum-exp, under a progress bar."""
+    decodes with a streaming log-sum-exp, under a progress bar. Sample s of image g draws its
+    noise from ``fold_in(fold_in(key, g), s)`` (a run's ``key`` is its IWAE stream)."""
     start = time.perf_counter()
     n = len(images)
     per_call, samples = iwae_chunking(n, k, pairs_per_call, mesh.devices.size)
     batch = parallel.batch_sharding(mesh)
     chunks = _chunks(images, per_call, mesh)
-    key = rng.stream(root, rng.Stream.IWAE)
 
     def accumulate(params, images_u8, image_ids, offset, lse):
         sample_ids = offset + jnp.arange(samples, dtype=jnp.int32)

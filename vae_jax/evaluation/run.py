@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +42,32 @@ NUM_INTERPOLATIONS = 8
 
 
 def apply_eval_overrides(
-    config: ml_collections.ConfigDict, overrides: Sequence[str]
+    config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
-    """``config`` with ``--config.eval.KEY=VALUE`` overrides; other keys are refused."""
-    for key in config_lib.override_keys(overrides):
+    """``config`` with ``eval.*`` overrides: ``--config.eval.KEY=VALUE`` arguments, or
+    ``{"eval.KEY": value}``; other keys are refused (evaluation uses the run's own config)."""
+    named = dict(overrides) if isinstance(overrides, Mapping) else None
+    for key in named if named is not None else config_lib.override_keys(overrides):
         if not key.startswith("eval."):
             raise ConfigError(
                 f"--config.{key}: evaluation uses the run's own config; only eval.* keys can be "
                 "overridden (e.g. --config.eval.iwae_k=100)"
             )
+    if named is not None:
+        return config_lib.with_values(config, named, "evaluation settings")
     return config_lib.override(config, overrides)
+
+
+def evaluate(
+    workdir: str | Path,
+    step: int | None = None,
+    dataset: data_lib.Dataset | None = None,
+    **eval_settings: Any,
+) -> dict:
+    """:func:`evaluate_run` for notebooks: ``evaluate("runs/z20", iwae_k=5000,
+    iwae_test_size=0)`` sets ``eval.iwae_k`` and ``eval.iwae_test_size``."""
+    overrides = {f"eval.{k}": v for k, v in eval_settings.items()}
+    return evaluate_run(workdir, overrides, step=step, dataset=dataset)
 
 
 def evaluated_step(workdir: Path) -> int | None:
@@ -63,7 +80,7 @@ def evaluated_step(workdir: Path) -> int | None:
 
 def evaluate_run(
     workdir: str | Path,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] | Mapping[str, Any] = (),
     step: int | None = None,
     dataset: data_lib.Dataset | None = None,
 ) -> dict:
@@ -102,7 +119,7 @@ def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path) -
         model,
         test_images,
         mesh,
-        root,
+        rng.stream(root, rng.Stream.EVAL),
         log_lik=log_lik,
         noise_scale=c.model.noise_scale,
         batch_size=c.eval.batch_size,
@@ -121,7 +138,7 @@ def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path) -
         params,
         test_images[: c.eval.iwae_test_size or None],
         mesh,
-        root,
+        rng.stream(root, rng.Stream.IWAE),
         log_lik=log_lik,
         noise_scale=c.model.noise_scale,
         latent_dim=c.model.latent_dim,

@@ -10,6 +10,9 @@ import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from vae_jax.atomic_io import atomic_write_text
 from vae_jax.outputs.workdir import is_writer
@@ -32,7 +35,9 @@ def tensorboard_scalars(record: dict) -> dict[str, float]:
 
 
 class MetricsWriter:
-    """Per-epoch records to ``metrics.jsonl`` (rewritten whole) and TensorBoard scalars."""
+    """Per-epoch records to ``metrics.jsonl`` (rewritten whole); to TensorBoard the same scalars,
+    the running train loss every ``log_every_steps``, image grids per epoch and, at the end, the
+    hyperparameters with the final metrics (``tensorboard --logdir runs``)."""
 
     def __init__(self, path: Path, tensorboard_dir: Path):
         self.path = path
@@ -45,16 +50,41 @@ class MetricsWriter:
             return
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
         if history:
-            self._scalars(history[-1])
+            for tag, value in tensorboard_scalars(history[-1]).items():
+                self._board().add_scalar(tag, value, history[-1]["epoch"])
+            self._board().flush()
 
-    def _scalars(self, record: dict) -> None:
+    def write_losses(self, losses: Sequence[tuple[int, float]]) -> None:
+        """``(step, mean train loss of the epoch so far)`` points."""
+        if is_writer():
+            for step, loss in losses:
+                self._board().add_scalar("train/loss_running_nats", loss, step)
+
+    def write_images(self, epoch: int, grids: dict[str, np.ndarray]) -> None:
+        """uint8 image grids (grayscale or RGB), e.g. this epoch's reconstructions."""
+        if is_writer():
+            for tag, grid in grids.items():
+                self._board().add_image(
+                    tag, grid, epoch, dataformats="HW" if grid.ndim == 2 else "HWC"
+                )
+            self._board().flush()
+
+    def write_hparams(self, config: dict[str, Any], record: dict) -> None:
+        """The run's settings (flat) beside its final metrics, for TensorBoard's HPARAMS tab."""
+        if not is_writer():
+            return
+        hparams = {
+            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in config.items()
+        }
+        metrics = {f"hparam/{k}": v for k, v in tensorboard_scalars(record).items()}
+        self._board().add_hparams(hparams, metrics, name="hparams", global_step=record["epoch"])
+
+    def _board(self):
         from tensorboardX import SummaryWriter
 
         if self._tb is None:
             self._tb = SummaryWriter(logdir=str(self._tb_dir))
-        for tag, value in tensorboard_scalars(record).items():
-            self._tb.add_scalar(tag, value, record["epoch"])
-        self._tb.flush()
+        return self._tb
 
     def close(self) -> None:
         if self._tb is not None:

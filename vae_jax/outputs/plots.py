@@ -43,31 +43,40 @@ def save_figure(fig, path: Path, dpi: int = 120, tight: bool = False) -> None:
 
 
 def make_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    """Floats in [0, 1] of shape [N, H, W] or [N, H, W, 1] -> one uint8 image [rows*.., cols*..]."""
+    """Floats in [0, 1] of shape [N, H, W] or [N, H, W, C] -> one uint8 image, the cells in rows
+    of ``columns``: ``[rows*(H+2)+2, cols*(W+2)+2]`` for grayscale, ``[..., 3]`` for RGB."""
     images = np.asarray(images, np.float32)
-    if images.ndim == 4:
+    if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
-    n, h, w = images.shape
+    n, h, w = images.shape[:3]
     columns = min(columns, n)
     rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + PAD) + PAD, columns * (w + PAD) + PAD), 255, np.uint8)
+    grid = np.full((rows * (h + PAD) + PAD, columns * (w + PAD) + PAD, *images.shape[3:]), 255)
     cells = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
     for i, cell in enumerate(cells):
         r, c = divmod(i, columns)
         grid[
             PAD + r * (h + PAD) : (r + 1) * (h + PAD), PAD + c * (w + PAD) : (c + 1) * (w + PAD)
         ] = cell
-    return grid
+    return grid.astype(np.uint8)
+
+
+def show(ax, pixels: np.ndarray) -> None:
+    """``pixels`` (uint8, grayscale or RGB) on a matplotlib axis, one image pixel per cell."""
+    gray = pixels.ndim == 2
+    ax.imshow(pixels, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:
-    """Write a uint8 grayscale image as PNG, atomically."""
-    atomic_write(path, lambda f: Image.fromarray(pixels, mode="L").save(f, format="PNG"))
+    """Write a uint8 grayscale ``[H, W]`` or RGB ``[H, W, 3]`` image as PNG, atomically."""
+    mode = "L" if pixels.ndim == 2 else "RGB"
+    atomic_write(path, lambda f: Image.fromarray(pixels, mode=mode).save(f, format="PNG"))
 
 
 def load_png(path: Path) -> np.ndarray:
+    """A PNG written by :func:`save_png`, as it was written (grayscale or RGB)."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("L"))
+        return np.asarray(im.convert("L" if im.mode in ("L", "1", "P") else "RGB"))
 
 
 def save_grid(path: Path, images: np.ndarray) -> None:
@@ -78,7 +87,7 @@ def save_panels(path: Path, panels: Sequence[tuple[str, np.ndarray]], title: str
     """Grids side by side, each under its label, as one PNG."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0), squeeze=False)
     for ax, (label, pixels) in zip(axes[0], panels, strict=True):
-        ax.imshow(pixels, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        show(ax, pixels)
         ax.set_title(label, fontsize=11)
         ax.set_axis_off()
     if title:
@@ -110,7 +119,7 @@ def save_reconstructions_figure(
 
 
 def _show_grid(ax, images: np.ndarray, columns: int) -> None:
-    ax.imshow(make_grid(images, columns), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    show(ax, make_grid(images, columns))
     ax.set_xticks([])
     ax.set_yticks([])
 

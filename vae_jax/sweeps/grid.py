@@ -68,14 +68,14 @@ def _format_value(value: Any) -> str:
     return text
 
 
-def _short_names(keys: list[str]) -> dict[str, str]:
+def short_names(keys: list[str]) -> dict[str, str]:
     """Each key's last component, or the whole key where two keys share it."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
 
 
 def point_name(values: dict[str, Any]) -> str:
-    short = _short_names(list(values))
+    short = short_names(list(values))
     return ",".join(f"{short[k]}={_format_value(v)}" for k, v in values.items())
 
 

@@ -1,7 +1,10 @@
 """A sweep's summary: ``summary.csv``, ``summary.md`` and PNG plots in the sweep's folder.
 
 One row per finished point (trained to its last epoch), read from the point's
-``metrics.jsonl`` and ``eval.json``; every number is in nats per image (test set).
+``metrics.jsonl`` and ``eval.json``; every number is in nats per image (test set). The columns
+and the plots follow the sweep's own grid keys (:class:`Layout`): the first key is the x-axis,
+each value of the second a line, each combination of the others a panel; only ``seed`` is
+averaged (into error bars), never another key.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import csv
 import io
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,13 +22,9 @@ from vae_jax.atomic_io import atomic_write_text
 from vae_jax.outputs import plots
 from vae_jax.outputs.metrics import read_jsonl
 from vae_jax.outputs.plots import plt
-from vae_jax.sweeps.grid import Sweep, point_name
+from vae_jax.sweeps.grid import Sweep, short_names
 
-COLUMNS = (
-    "point",
-    "latent_dim",
-    "noise_scale",
-    "seed",
+METRICS = (
     "epochs",
     "test_neg_elbo_nats",
     "iwae_nll_nats",
@@ -37,31 +36,48 @@ COLUMNS = (
     "images_per_sec",
     "models_together",
 )
+RECONSTRUCTED_IMAGES = 8  # test images per cell of the reconstructions figures
 
 
-def _row(path: Path, point) -> dict | None:
+class Layout(NamedTuple):
+    """How a sweep's grid keys lay out its plots (``seed`` is none of them: it is averaged)."""
+
+    x: str | None  # the x-axis
+    line: str | None  # one line (or marker) per value
+    panels: list[str]  # one panel per combination of their values
+    names: dict[str, str]  # each grid key's column name (its last component, if unique)
+
+    @classmethod
+    def of(cls, sweep: Sweep) -> Layout:
+        keys = list(sweep.points[0].values)
+        varied = [k for k in keys if k != "seed"]
+        return cls(
+            varied[0] if varied else None,
+            varied[1] if len(varied) > 1 else None,
+            varied[2:],
+            short_names(keys),
+        )
+
+
+def _row(path: Path, point, names: dict[str, str]) -> dict | None:
     history = read_jsonl(path / "metrics.jsonl")
-    config = point.config
-    if len(history) < config.train.num_epochs:
+    if len(history) < point.config.train.num_epochs:
         return None
     last = history[-1]
     ev = {}
     if (path / "eval.json").exists():
         ev = json.loads((path / "eval.json").read_text())
-    train_seconds = sum(r["train_seconds"] for r in history)
     wall = sum(r["train_seconds"] + r["eval_seconds"] + r["compile_seconds"] for r in history)
     return {
         "point": point.name,
-        "latent_dim": config.model.latent_dim,
-        "noise_scale": config.model.noise_scale,
-        "seed": config.seed,
+        **{names[k]: v for k, v in point.values.items()},
         "epochs": len(history),
         "test_neg_elbo_nats": ev.get("test_neg_elbo_nats", last["test_neg_elbo_nats"]),
         "iwae_nll_nats": ev.get("iwae_nll_nats", math.nan),
         "recon_nats": ev.get("distortion_nats", last["test_recon_nats"]),
         "kl_nats": ev.get("rate_nats", last["test_kl_nats"]),
         "active_units": ev.get("active_units", ""),
-        "train_seconds": train_seconds,
+        "train_seconds": sum(r["train_seconds"] for r in history),
         "wall_seconds": wall + ev.get("seconds", 0.0),
         "images_per_sec": sum(r["images_per_sec"] for r in history) / len(history),
         "models_together": last.get("models_together", 1),
@@ -70,8 +86,13 @@ def _row(path: Path, point) -> dict | None:
 
 def collect(root: Path, sweep: Sweep) -> list[dict]:
     """The rows of the points that have finished, in grid order."""
-    rows = [_row(root / p.name, p) for p in sweep.points]
+    names = Layout.of(sweep).names
+    rows = [_row(root / p.name, p, names) for p in sweep.points]
     return [r for r in rows if r is not None]
+
+
+def columns(sweep: Sweep) -> list[str]:
+    return ["point", *Layout.of(sweep).names.values(), *METRICS]
 
 
 def _fmt(value) -> str:
@@ -81,109 +102,187 @@ def _fmt(value) -> str:
 
 
 def format_markdown(rows: list[dict], sweep: Sweep) -> str:
+    cols = columns(sweep)
     head = [
-        f"# Sweep {sweep.name} (base experiment {sweep.experiment})",
+        f"# Sweep {sweep.name} (base experiment {sweep.experiment}, "
+        f"model.arch={sweep.points[0].config.model.arch})",
         "",
         f"{len(rows)} of {len(sweep.points)} points finished. Nats per test image; "
         "recon = distortion, KL = rate (of q actually sampled); wall time includes "
         "evaluation; images/s per run (runs trained together share the time).",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
     ]
-    body = ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    body = ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(head + body) + "\n"
 
 
-def plot_elbo_vs_latent(rows: list[dict], path: Path, title: str) -> None:
-    """Test -ELBO against latent size, a line per noise scale, error bars = std over seeds."""
-    by_scale: dict[float, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+def _groups(rows: list[dict], keys: list[str | None], names: dict[str, str]) -> dict:
+    """Rows by their values of ``keys`` (in first-seen order)."""
+    out: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_scale[r["noise_scale"]][r["latent_dim"]].append(r["test_neg_elbo_nats"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for scale in sorted(by_scale):
-        dims = sorted(by_scale[scale])
-        vals = [by_scale[scale][d] for d in dims]
-        mean = [float(np.mean(v)) for v in vals]
-        std = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
-        ax.errorbar(dims, mean, yerr=std, marker="o", capsize=3, label=f"noise scale {scale:g}")
-    ax.set_xscale("log")
-    dims = sorted({r["latent_dim"] for r in rows})
-    ax.set_xticks(dims, [str(d) for d in dims])
-    ax.minorticks_off()
-    ax.set_xlabel("latent dimensions")
-    ax.set_ylabel("test -ELBO (nats per image)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        out.setdefault(tuple(r[names[k]] if k else None for k in keys), []).append(r)
+    return out
+
+
+def _label(keys: list[str], values: tuple, names: dict[str, str]) -> str:
+    return ", ".join(f"{names[k]}={v:g}" if isinstance(v, float) else f"{names[k]}={v}"
+                     for k, v in zip(keys, values, strict=True))  # fmt: skip
+
+
+def _panels(n: int, title: str):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    return fig, list(axes.flat[:n])
+
+
+def _x_positions(values: list) -> tuple[list, bool]:
+    """Positions on the x-axis (the values themselves if they are numbers) and log scale."""
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if not numeric:
+        return list(range(len(values))), False
+    positive = all(v > 0 for v in values)
+    return values, positive and max(values) / min(values) >= 8
+
+
+Series = dict[tuple, dict[object, list[tuple[object, float, float, int]]]]
+
+
+def elbo_series(rows: list[dict], layout: Layout) -> Series:
+    """``{panel values: {line value: [(x, mean, std, seeds), ...]}}`` of the test -ELBO: the
+    mean and standard deviation over the seeds of each (panel, line, x), never over another
+    key."""
+    names, out = layout.names, {}
+    for panel, panel_rows in _groups(rows, layout.panels, names).items():
+        out[panel] = {}
+        for (line,), line_rows in _groups(panel_rows, [layout.line], names).items():
+            points = []
+            for (x,), runs in _groups(line_rows, [layout.x], names).items():
+                v = [r["test_neg_elbo_nats"] for r in runs]
+                points.append(
+                    (x, float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+                )
+            out[panel][line] = points
+    return out
+
+
+def plot_elbo(rows: list[dict], layout: Layout, path: Path, title: str) -> None:
+    """Test -ELBO against the x key, a line per value of the line key, a panel per combination
+    of the other keys; error bars = std over seeds (:func:`elbo_series`)."""
+    names, series = layout.names, elbo_series(rows, layout)
+    fig, axes = _panels(len(series), title + "\n(error bars: std over seeds)")
+    for ax, (panel, lines) in zip(axes, series.items(), strict=True):
+        xs = list(dict.fromkeys(x for points in lines.values() for x, *_ in points))
+        positions, log = _x_positions(xs)
+        for line, points in lines.items():
+            ax.errorbar(
+                [positions[xs.index(x)] for x, *_ in points],
+                [mean for _, mean, _, _ in points],
+                yerr=[std for _, _, std, _ in points],
+                marker="o",
+                capsize=3,
+                label=_label([layout.line], (line,), names) if layout.line else "runs",
+            )
+        if log:
+            ax.set_xscale("log")
+        ax.set_xticks(positions, ["" if x is None else str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel(names[layout.x] if layout.x else "")
+        ax.set_ylabel("test -ELBO (nats per image)")
+        ax.set_title(_label(layout.panels, panel, names) if layout.panels else "", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     plots.save_figure(fig, path)
 
 
-def plot_rate_distortion(rows: list[dict], path: Path, title: str) -> None:
-    """One point per run: rate (KL) against distortion (reconstruction), by latent size."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    dims = sorted({r["latent_dim"] for r in rows})
-    scales = sorted({r["noise_scale"] for r in rows})
-    markers = "osD^v<>p*h"
-    cmap = plt.get_cmap("viridis", max(len(dims), 2))
-    for r in rows:
-        ax.scatter(
-            r["kl_nats"],
-            r["recon_nats"],
-            color=cmap(dims.index(r["latent_dim"])),
-            marker=markers[scales.index(r["noise_scale"]) % len(markers)],
-            s=40,
-        )
-    for i, d in enumerate(dims):
-        ax.scatter([], [], color=cmap(i), marker="o", label=f"z={d}")
-    for j, s in enumerate(scales):
-        ax.scatter([], [], color="gray", marker=markers[j % len(markers)], label=f"noise {s:g}")
-    # lines of equal -ELBO = rate + distortion
-    lo = min(r["kl_nats"] + r["recon_nats"] for r in rows)
-    xs = np.linspace(0, max(r["kl_nats"] for r in rows) * 1.05, 2)
-    for total in np.linspace(lo, lo + 40, 3):
-        ax.plot(xs, total - xs, color="lightgray", lw=0.8, zorder=0)
-    ax.set_xlabel("rate: KL(q || p) (nats per image)")
-    ax.set_ylabel("distortion: -log p(x|z) (nats per image)")
-    ax.set_title(title + "\n(gray lines: equal -ELBO, 20 nats apart)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+def plot_rate_distortion(rows: list[dict], layout: Layout, path: Path, title: str) -> None:
+    """One point per run: rate (KL) against distortion (reconstruction); colour = the x key,
+    marker = the line key, a panel per combination of the other keys."""
+    names = layout.names
+    panels = _groups(rows, layout.panels, names)
+    fig, axes = _panels(len(panels), title + "\n(gray lines: equal -ELBO, 20 nats apart)")
+    xs = list(dict.fromkeys(r[names[layout.x]] for r in rows)) if layout.x else [None]
+    lines = list(dict.fromkeys(r[names[layout.line]] for r in rows)) if layout.line else [None]
+    cmap, markers = plt.get_cmap("viridis", max(len(xs), 2)), "osD^v<>p*h"
+    for ax, (panel, panel_rows) in zip(axes, panels.items(), strict=True):
+        for r in panel_rows:
+            x = r[names[layout.x]] if layout.x else None
+            line = r[names[layout.line]] if layout.line else None
+            marker = markers[lines.index(line) % len(markers)]
+            ax.scatter(r["kl_nats"], r["recon_nats"], color=cmap(xs.index(x)), marker=marker, s=40)
+        for i, x in enumerate(xs if layout.x else []):
+            ax.scatter([], [], color=cmap(i), marker="o", label=_label([layout.x], (x,), names))
+        for j, line in enumerate(lines if layout.line else []):
+            label = _label([layout.line], (line,), names)
+            ax.scatter([], [], color="gray", marker=markers[j % len(markers)], label=label)
+        lo = min(r["kl_nats"] + r["recon_nats"] for r in panel_rows)
+        span = np.linspace(0, max(r["kl_nats"] for r in panel_rows) * 1.05, 2)
+        for total in np.linspace(lo, lo + 40, 3):
+            ax.plot(span, total - span, color="lightgray", lw=0.8, zorder=0)
+        ax.set_xlabel("rate: KL(q || p) (nats per image)")
+        ax.set_ylabel("distortion: -log p(x|z) (nats per image)")
+        ax.set_title(_label(layout.panels, panel, names) if layout.panels else "", fontsize=9)
+        ax.grid(alpha=0.3)
+        if layout.x or layout.line:
+            ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     plots.save_figure(fig, path)
 
 
-def plot_reconstructions(root: Path, sweep: Sweep, rows: list[dict], path: Path) -> None:
-    """Every finished point's epoch-1 and late-epoch reconstruction grids in one image: a row
-    per value of the first grid key, a pair of columns per combination of the others."""
-    done = {r["point"] for r in rows}
-    points = [p for p in sweep.points if p.name in done]
-    keys = list(sweep.points[0].values)
-    row_vals = list(dict.fromkeys(p.values[keys[0]] for p in sweep.points))
-    col_names = list(
-        dict.fromkeys(point_name({k: p.values[k] for k in keys[1:]}) for p in sweep.points)
-    )
+def _first_images(path: Path) -> np.ndarray:
+    """The first :data:`RECONSTRUCTED_IMAGES` cells of an 8-column grid PNG
+    (:func:`plots.make_grid`), as a grid of 4 columns."""
+    png = plots.load_png(path)
+    size = (png.shape[1] - plots.PAD) // 8 - plots.PAD  # square cells
+    cells = []
+    for i in range(RECONSTRUCTED_IMAGES):
+        top, left = plots.PAD + i // 8 * (size + plots.PAD), plots.PAD + i % 8 * (size + plots.PAD)
+        cells.append(png[top : top + size, left : left + size] / 255.0)
+    return plots.make_grid(np.stack(cells), 4)
+
+
+def plot_reconstructions(root: Path, sweep: Sweep, layout: Layout, epoch: int, path: Path) -> None:
+    """The first test images reconstructed after ``epoch``: a row per value of the x key, a
+    column per combination of the others (the first seed), the originals once on top."""
+    names = layout.names
+    first_seed = sweep.points[0].values.get("seed")
+    points = [p for p in sweep.points if p.values.get("seed") == first_seed]
+    row_key, col_keys = layout.x, [k for k in (layout.line, *layout.panels) if k]
+    row_vals = list(dict.fromkeys(p.values[row_key] for p in points)) if row_key else [None]
+    col_vals = list(dict.fromkeys(tuple(p.values[k] for k in col_keys) for p in points))
     fig, axes = plt.subplots(
-        len(row_vals),
-        2 * len(col_names),
-        figsize=(2.2 * 2 * len(col_names), 2.5 * len(row_vals)),
+        len(row_vals) + 1,
+        len(col_vals),
+        figsize=(2.4 * len(col_vals) + 0.6, 1.35 * (len(row_vals) + 1) + 0.6),
         squeeze=False,
     )
     for ax in axes.flat:
-        ax.set_axis_off()
-    short = keys[0].rsplit(".", 1)[-1]
+        ax.set_xticks([])
+        ax.set_yticks([])
     for p in points:
-        r = row_vals.index(p.values[keys[0]])
-        c = col_names.index(point_name({k: p.values[k] for k in keys[1:]}))
-        fig_dir = root / p.name / "figures"
-        late = min(p.config.figures.late_epoch, p.config.train.num_epochs)
-        for j, epoch in enumerate((1, late)):
-            ax = axes[r, 2 * c + j]
-            file = plots.recon_path(fig_dir, epoch)
-            if file.exists():
-                ax.imshow(plots.load_png(file), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{short}={p.values[keys[0]]}, epoch {epoch}\n{col_names[c]}", fontsize=7)
-    fig.suptitle(f"Sweep {sweep.name}: test reconstructions after epoch 1 and the late epoch")
+        png = plots.recon_path(root / p.name / "figures", epoch)
+        r = row_vals.index(p.values[row_key]) + 1 if row_key else 1
+        c = col_vals.index(tuple(p.values[k] for k in col_keys))
+        if png.exists():
+            plots.show(axes[r, c], _first_images(png))
+        if r == 1:
+            axes[0, c].set_title(_label(col_keys, col_vals[c], names), fontsize=8)
+        if c == 0 and row_key:
+            label = _label([row_key], (p.values[row_key],), names).replace("=", "\n= ")
+            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    originals = root / points[0].name / "figures" / "originals.png"
+    if originals.exists():
+        plots.show(axes[0, 0], _first_images(originals))
+    axes[0, 0].set_ylabel("originals", rotation=0, ha="right", va="center", fontsize=8)
+    for ax in axes[0, 1:]:
+        ax.set_frame_on(False)
+    fig.suptitle(f"Sweep {sweep.name}: test reconstructions after epoch {epoch}", fontsize=10)
     fig.tight_layout()
     plots.save_figure(fig, path)
 
@@ -194,14 +293,22 @@ def write_summary(root: Path, sweep: Sweep) -> str:
     markdown = format_markdown(rows, sweep)
     root.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns(sweep), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(root / "summary.csv", buf.getvalue())
     atomic_write_text(root / "summary.md", markdown)
+    written = ["summary.csv", "summary.md"]
     if rows:
+        layout = Layout.of(sweep)
         title = f"Sweep {sweep.name}: {sweep.experiment}, {rows[0]['epochs']} epochs"
-        plot_elbo_vs_latent(rows, root / "elbo_vs_latent.png", title)
-        plot_rate_distortion(rows, root / "rate_distortion.png", title)
-        plot_reconstructions(root, sweep, rows, root / "reconstructions.png")
-    return markdown + f"\nwritten: {root}/summary.csv, summary.md and PNG plots\n"
+        elbo = f"elbo_vs_{layout.names[layout.x]}.png" if layout.x else "elbo.png"
+        plot_elbo(rows, layout, root / elbo, title)
+        plot_rate_distortion(rows, layout, root / "rate_distortion.png", title)
+        written += [elbo, "rate_distortion.png"]
+        config = sweep.points[0].config
+        for epoch in sorted({1, min(config.figures.late_epoch, config.train.num_epochs)}):
+            name = f"reconstructions_epoch_{epoch:02d}.png"
+            plot_reconstructions(root, sweep, layout, epoch, root / name)
+            written.append(name)
+    return markdown + f"\nwritten in {root}: {', '.join(written)}\n"

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from vae_jax import config as config_lib
 from vae_jax import parallel
 from vae_jax.core import objectives, rng
 from vae_jax.core.conv_ops import compile_fast
@@ -120,13 +121,18 @@ def train(
             )
             state, sums, step = segment.state, segment.sums, segment.step
             clock.add(segment)
+            for i, writer in enumerate(writers):
+                writer.write_losses([(s, losses[i]) for s, losses in segment.losses])
             _raise_if_nonfinite(members, group, trainer, state, sums)
             if step % spe == 0:
-                _end_epoch(epoch, step, state, sums, histories, outputs, clock, trainer, mesh)
+                _end_epoch(epoch, step, state, sums, histories, outputs, writers, clock, trainer)
             saver.save(step, state, sums, histories)
             if step % spe == 0:
                 _write_epoch(members, writers, histories, num_epochs)
         saver.save(step, state, sums, histories)  # a stop before the first step saves too
+    if len(histories[0]) == num_epochs:
+        for m, writer, history in zip(members, writers, histories, strict=True):
+            writer.write_hparams(config_lib.flatten(m.config), history[-1])
     for writer in writers:
         writer.close()
     if len(histories[0]) < num_epochs:
@@ -182,15 +188,16 @@ def _end_epoch(
     sums: EpochSums,
     histories: list[list[dict]],
     outputs: list[EpochOutputs],
+    writers: list[MetricsWriter],
     clock: EpochClock,
     trainer: EpochTrainer,
-    mesh: Mesh,
 ) -> None:
     """Evaluate and draw each run, and append its epoch's record to its history."""
     group, spe = trainer.group, trainer.steps_per_epoch
     means = np.asarray(jax.device_get(sums.metrics)).reshape(group.size, -1) / spe
     for i, (history, out) in enumerate(zip(histories, outputs, strict=True)):
-        test, eval_seconds = out.evaluate_and_draw(group.part(state, i).params, epoch)
+        test, eval_seconds, grids = out.evaluate_and_draw(group.part(state, i).params, epoch)
+        writers[i].write_images(epoch, grids)
         history.append(
             {
                 "epoch": epoch,
@@ -205,7 +212,7 @@ def _end_epoch(
                 "images_per_sec": clock.images_per_sec,
                 "eval_seconds": eval_seconds,
                 "compile_seconds": clock.compile_seconds,
-                "devices": mesh.devices.size,
+                "devices": trainer.devices,
                 "models_together": group.size,
                 "time": time.time(),
             }
@@ -274,6 +281,7 @@ class Segment(NamedTuple):
     step: int  # global step reached
     steps: int  # steps run in this segment
     seconds: float
+    losses: list[tuple[int, list[float]]]  # (step, each run's mean loss so far this epoch)
 
 
 class EpochClock:
@@ -353,6 +361,7 @@ class EpochTrainer:
         noise_scales: list[float],
     ):
         self.group, self.batch_size, self.log_every = group, batch_size, log_every
+        self.devices = mesh.devices.size
         self.num_epochs = num_epochs
         n = len(train_images)
         self.steps_per_epoch = n // batch_size
@@ -430,7 +439,8 @@ class EpochTrainer:
         )
         t0 = time.perf_counter()
         i, step = start, (epoch - 1) * spe + start
-        shown = None  # (sums, i) of the previous log point, computed by now: no stall
+        shown = None  # (sums, i, step) of the previous log point, computed by now: no stall
+        losses = []
         # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
         with jax.transfer_guard("disallow"):
             while i < spe:
@@ -441,17 +451,17 @@ class EpochTrainer:
                         seen = jax.device_get(shown[0])
                         if np.any(seen.first_bad >= 0):
                             break
-                        losses = np.reshape(seen.metrics, (-1, len(TRAIN_METRICS)))[:, 0]
-                        loss = "/".join(f"{v / shown[1]:.2f}" for v in losses)
-                        bar.set_postfix(loss=loss, refresh=False)
+                        means = np.reshape(seen.metrics, (-1, len(TRAIN_METRICS)))[:, 0] / shown[1]
+                        losses.append((shown[2], means.tolist()))
+                        bar.set_postfix(loss="/".join(f"{v:.2f}" for v in means), refresh=False)
                     bar.update(i * per_step - bar.n)
-                    shown = (sums, i)
+                    shown = (sums, i, step)
                 if pause(step):
                     break
             jax.block_until_ready(sums)
         seconds = time.perf_counter() - t0
         bar.close()
-        return Segment(state, sums, step, i - start, seconds)
+        return Segment(state, sums, step, i - start, seconds, losses)
 
 
 def make_figure_fn(model: VAE) -> Callable:
@@ -484,7 +494,7 @@ class EpochOutputs:
             model,
             test_images,
             mesh,
-            root,
+            rng.stream(root, rng.Stream.EVAL),
             log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
             noise_scale=config.model.noise_scale,
             batch_size=config.eval.batch_size,
@@ -501,16 +511,21 @@ class EpochOutputs:
         if is_writer():
             plots.save_grid(self._dir / "originals.png", to_float(self._images))
 
-    def evaluate_and_draw(self, params: Any, epoch: int) -> tuple[dict, float]:
+    def evaluate_and_draw(self, params: Any, epoch: int) -> tuple[dict, float, dict]:
+        """The test-set means, the seconds it took, and the image grids drawn."""
         start = time.perf_counter()
         test = self._evaluate(params)
         recon, samples = self._draw(params, self._images, self._z)
+        grids = {
+            "reconstructions": plots.make_grid(np.asarray(recon)),
+            "samples": plots.make_grid(np.asarray(samples)),
+        }
         if is_writer():
-            plots.save_grid(plots.recon_path(self._dir, epoch), np.asarray(recon))
-            plots.save_grid(plots.samples_path(self._dir, epoch), np.asarray(samples))
+            plots.save_png(plots.recon_path(self._dir, epoch), grids["reconstructions"])
+            plots.save_png(plots.samples_path(self._dir, epoch), grids["samples"])
             late = min(self._late_epoch, epoch)
             plots.save_reconstructions_figure(self._dir, 1, late, title=self._title)
-        return test, time.perf_counter() - start
+        return test, time.perf_counter() - start, grids
 
 
 def _figure_title(name: str, config: ml_collections.ConfigDict) -> str:
