@@ -157,7 +157,7 @@ def test_random_overrides_apply_or_fail_clearly(overrides):
         assert str(e)
         return
     config_lib.validate(config)
-    assert config_lib.from_json_dict(config_lib.to_json_dict(config)) == config
+    assert config_lib.from_saved(config_lib.to_saved(config), "test")[0] == config
 
 
 @settings(max_examples=200, deadline=None)

@@ -168,9 +168,43 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def from_json_dict(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-    """Inverse of :func:`to_json_dict` (lists back to tuples), validated."""
-    return with_values(base_config(), flatten(saved), "saved config")
+GENERATION_KEY = "vae_jax_keys"  # in config.json: the generation of keys it was written with
+
+
+def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What a run's ``config.json`` holds: the config, and the generation of its keys (the
+    largest ``Setting.since``) so that keys added later can be told from keys lost."""
+    return {**to_json_dict(config), GENERATION_KEY: max(s.since for s in settings().values())}
+
+
+def from_saved(saved: Any, source: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """The validated config of a run's ``config.json``, and the keys added to vae_jax after
+    it was written, with the defaults they count as. A key that its own generation had but
+    the file lacks means a damaged file: a :class:`ConfigError`, never a silent default."""
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{source} holds a {type(saved).__name__}, not a config")
+    saved = dict(saved)
+    written = saved.pop(GENERATION_KEY, 1)
+    if not is_int(written):
+        raise ConfigError(f"{source}: {GENERATION_KEY}={written!r} is invalid; expected an integer")
+    flat, keys = flatten(saved), settings()
+    added = {k: s.default for k, s in keys.items() if k not in flat and s.since > written}
+    lost = sorted(k for k, s in keys.items() if k not in flat and s.since <= written)
+    if lost:
+        raise ConfigError(
+            f"{source} lacks {', '.join(lost)}, which the vae_jax that wrote it had: the file is "
+            "damaged. Restore it (from config.json of another run of this experiment, or the "
+            "experiment file), or start anew with --force"
+        )
+    return with_values(base_config(), {**flat, **added}, source), added
+
+
+def say_added(added: dict[str, Any], source: str) -> None:
+    """Say (once, where the run is resumed or loaded) which keys count as their defaults."""
+    if added:
+        listed = ", ".join(f"{k}={v!r}" for k, v in added.items())
+        print(f"note: {source} predates {listed}: counted as the default(s), which keep what "
+              "such runs did")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,14 +407,17 @@ def diff(saved: dict[str, Any], current: ml_collections.ConfigDict) -> dict[str,
     }
 
 
-def check_resumable(
-    saved: dict[str, Any], config: ml_collections.ConfigDict, workdir: Path
-) -> None:
+def check_resumable(saved: Any, config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Refuse to resume the run saved in ``workdir`` (its ``config.json``) with ``config`` if
-    they differ in a key that may not change on resume."""
+    they differ in a key that may not change on resume. Keys added to vae_jax after the run was
+    saved count as their defaults (said once)."""
+    source = f"{workdir / 'config.json'}"
+    old, added = from_saved(saved, source)
     keys = settings()
     changed = {
-        k: v for k, v in diff(saved, config).items() if not (k in keys and keys[k].resumable)
+        k: v
+        for k, v in diff(to_json_dict(old), config).items()
+        if not (k in keys and keys[k].resumable)
     }
     if changed:
         lines = "\n".join(
@@ -394,3 +431,4 @@ def check_resumable(
             + ", ".join(sorted(resumable))
             + ", eval.*"
         )
+    say_added(added, source)

@@ -202,3 +202,36 @@ def test_no_recompilation_after_the_first_step(tmp_path, data, caplog):
     one, three = count(tmp_path / "one", 1), count(tmp_path / "three", 3)
     assert one > 0
     assert three == one
+
+
+def test_a_run_saved_before_a_key_existed_resumes_bit_exactly(tmp_path, data, monkeypatch, capsys):
+    """A newer vae_jax added a key (here: model.obs_stddev, as if new in generation 2): a run
+    whose config.json predates it counts it as its default, says so once, and ends bit for
+    bit where an uninterrupted run ends; a changed value of it still refuses to resume."""
+    from vae_jax.core import objectives
+    from vae_jax.core.settings import Setting
+
+    old = objectives.SETTINGS["model.obs_stddev"]
+    monkeypatch.setitem(objectives.SETTINGS, "model.obs_stddev", Setting(*old[:4], since=2))
+    full = train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "full", data)
+    train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path / "old", data)
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert saved.pop("vae_jax_keys") == 2
+    del saved["model"]["obs_stddev"]  # as the older vae_jax wrote it
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+
+    with pytest.raises(ConfigError, match=r"model.obs_stddev: 0.1 in the workdir, 0.2 now"):
+        train_and_evaluate(small_config({"model.obs_stddev": 0.2}), tmp_path / "old", data)
+    capsys.readouterr()
+    resumed = train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "old", data)
+    out = capsys.readouterr().out
+    assert out.count("predates model.obs_stddev=0.1: counted as the default") == 1
+    assert [r["test_neg_elbo_nats"] for r in resumed] == [r["test_neg_elbo_nats"] for r in full]
+    _assert_trees_equal(_params(tmp_path / "full"), _params(tmp_path / "old"))
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["model"]["obs_stddev"] == 0.1
+
+    # a key the file's own generation had, missing: a damaged file, refused, never a default
+    del saved["data"]["test_size"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"lacks data.test_size, which the vae_jax that wrote"):
+        restore_run(tmp_path / "old")

@@ -48,7 +48,8 @@ def restore_run(
     saved = run.saved_config()
     if saved is None:
         raise ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
-    config = config_lib.from_json_dict(saved)
+    config, added = config_lib.from_saved(saved, str(run.config_path))
+    config_lib.say_added(added, str(run.config_path))
     if not run.checkpoints.is_dir():
         raise ConfigError(f"{run.path} has no checkpoint yet")
     like = checkpoint_like_for(config, mesh or parallel.make_mesh())

@@ -51,9 +51,16 @@ class Workdir:
         return self.path / ("eval.json" if step is None else f"eval_step_{step}.json")
 
     def saved_config(self) -> dict | None:
+        """The parsed ``config.json``, or None if there is none."""
         if not self.config_path.exists():
             return None
-        return json.loads(self.config_path.read_text())
+        try:
+            return json.loads(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(
+                f"{self.config_path} cannot be read as JSON ({e}); it is damaged. Restore it, "
+                "or start anew with --force (the old run is moved aside)"
+            ) from None
 
     def _has_foreign_content(self) -> bool:
         return any(p.name != LOCK_NAME for p in self.path.iterdir())
@@ -64,7 +71,7 @@ class Workdir:
             return
         if not self.path.is_dir():
             raise ConfigError(f"workdir {self.path} exists and is not a directory")
-        if self.saved_config() is None and self._has_foreign_content():
+        if not self.config_path.exists() and self._has_foreign_content():
             raise ConfigError(
                 f"workdir {self.path} is not empty and holds no vae_jax run "
                 "(no config.json); choose another --workdir"

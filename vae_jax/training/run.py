@@ -207,7 +207,7 @@ def _create(
         w.lock()
     like = checkpoint_like(model, tx, image_shape, parallel.replicated(mesh))
     size = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
-    w.create(config_lib.to_json_dict(config), size, config.checkpoint.max_to_keep)
+    w.create(config_lib.to_saved(config), size, config.checkpoint.max_to_keep)
 
 
 def _writing_to(w: Workdir, work):
