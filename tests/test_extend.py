@@ -79,7 +79,7 @@ def test_a_model_in_a_file_of_its_own_trains_through_make_train(tmp_path):
         ("--config.model.deep_widht=3", "did you mean 'model.deep_width'?"),
         (
             "--config.model.arch=deep",
-            "model.arch='deep' is invalid; expected one of conv, mlp, conv_deep",
+            "model.arch='deep' is invalid; expected one of conv, mlp, resnet, conv_deep",
         ),
     ):
         bad = _make(

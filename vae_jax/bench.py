@@ -57,8 +57,9 @@ def _trainer(config, dataset, models: int):
     import jax
     import numpy as np
 
+    from vae_jax import config as config_lib
     from vae_jax import parallel
-    from vae_jax.core import objectives
+    from vae_jax.core import objectives, train_step
     from vae_jax.core.models import make_model
     from vae_jax.core.train_step import init_state, make_optimizer, zero_sums
     from vae_jax.training.loop import EpochTrainer, Group
@@ -66,14 +67,14 @@ def _trainer(config, dataset, models: int):
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.train.batch_size, mesh, "batch size")
     model = make_model(dataset.image_shape, **config.model)
-    tx = make_optimizer(config.train.learning_rate)
+    steps = len(dataset.train_images) // config.train.batch_size * config.train.num_epochs
+    tx = make_optimizer(steps, **config_lib.values(config, train_step.SETTINGS))
     repl, group = parallel.replicated(mesh), Group(models)
     init = [functools.partial(init_state, s, model, tx, dataset.image_shape) for s in range(models)]
     state = group.join([jax.jit(f, out_shardings=repl)() for f in init])
     sums = jax.device_put(group.join([zero_sums()] * models), repl)
     scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
     trainer = EpochTrainer(
-        model,
         tx,
         mesh,
         dataset.train_images,
@@ -83,7 +84,7 @@ def _trainer(config, dataset, models: int):
         batch_size=config.train.batch_size,
         log_every=config.train.log_every_steps,
         num_epochs=config.train.num_epochs,
-        log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
+        loss_fn=objectives.make_loss(model, **config_lib.values(config, objectives.SETTINGS)),
         dynamic_binarize=config.data.binarize == "dynamic",
         noise_scales=scales if models > 1 else [config.model.noise_scale],
     )

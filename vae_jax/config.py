@@ -23,12 +23,11 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from vae_jax.core import models, objectives
+from vae_jax.core import models, objectives, train_step
 from vae_jax.core.settings import (
     BOOL,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
-    POSITIVE,
     POSITIVE_INT,
     TEXT,
     Setting,
@@ -54,11 +53,11 @@ GENERAL: dict[str, Setting] = {
     "data.binarize_seed": Setting(0, NON_NEGATIVE_INT, "the key of the fixed binarizations"),
     "data.train_size": Setting(0, NON_NEGATIVE_INT, "0: the whole split; N: its first N images"),
     "data.test_size": Setting(0, NON_NEGATIVE_INT, "0: the whole split; N: its first N images"),
-    # Training: Adam on the batch mean of the loss (nats per image).
+    # Training: Adam on the batch mean of the loss (nats per image); its learning rate and
+    # schedule are in vae_jax.core.train_step.SETTINGS.
     "train.batch_size": Setting(100, POSITIVE_INT, "images per step, over all devices"),
     "train.num_epochs": Setting(10, POSITIVE_INT, "epochs; raise it to train a run longer",
                                 resumable=True),
-    "train.learning_rate": Setting(1e-3, POSITIVE, "Adam's learning rate"),
     "train.log_every_steps": Setting(50, POSITIVE_INT, "progress-bar updates", resumable=True),
     # Evaluation never changes what is trained: every eval key may change on resume.
     "eval.batch_size": Setting(1000, POSITIVE_INT, "test images per chunk", resumable=True),
@@ -90,7 +89,7 @@ def settings() -> dict[str, Setting]:
     """Every config key: :data:`GENERAL`, the objective's and each architecture's (those of
     this package and those in ``experiments/models/``)."""
     _import_user_models()
-    keys = {**GENERAL, **objectives.SETTINGS}
+    keys = {**GENERAL, **objectives.SETTINGS, **train_step.SETTINGS}
     keys["model.arch"] = Setting(
         "conv", one_of(*models.ARCHITECTURES), "the encoder and decoder (conv: the seed's)"
     )
@@ -153,6 +152,13 @@ def unflatten(flat: dict[str, Any]) -> ml_collections.ConfigDict:
             node = node[p]
         node[leaf] = value
     return config
+
+
+def values(config: ml_collections.ConfigDict, keys: dict[str, Setting]) -> dict[str, Any]:
+    """A component's settings as keyword arguments: ``{'beta': 1.0, ...}`` for the keys
+    (``objective.beta``, ...) it declares."""
+    flat = flatten(config)
+    return {key.rsplit(".", 1)[-1]: flat[key] for key in keys}
 
 
 def to_json_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -19,7 +19,12 @@ from vae_jax.training.run import train_and_evaluate
 def _random_state(seed=0):
     model = make_model((28, 28, 1), **small_config().model)
     repl = parallel.replicated(parallel.make_mesh())
-    like = checkpoint_like(model, make_optimizer(1e-3), (28, 28, 1), repl)
+    like = checkpoint_like(
+        model,
+        make_optimizer(1, learning_rate=1e-3, schedule="constant", warmup_steps=0, adam_eps=1e-8),
+        (28, 28, 1),
+        repl,
+    )
     leaves, treedef = jax.tree.flatten(like)
     rng = np.random.default_rng(seed)
     return like, jax.tree.unflatten(

@@ -67,7 +67,8 @@ def test_resume_after_epoch_k_equals_uninterrupted_run(tmp_path, data):
     _, _, a, _ = restore_run(tmp_path / "full")
     _, _, b, _ = restore_run(tmp_path / "split")
     _assert_trees_equal(a, b)
-    skip = ("train_seconds", "images_per_sec", "eval_seconds", "compile_seconds", "time")
+    skip = ("train_seconds", "images_per_sec", "eval_seconds", "compile_seconds", "cpu_seconds")
+    skip += ("time",)
     for x, y in zip(full, resumed, strict=True):
         assert {k: v for k, v in x.items() if k not in skip} == {
             k: v for k, v in y.items() if k not in skip
@@ -235,3 +236,39 @@ def test_a_run_saved_before_a_key_existed_resumes_bit_exactly(tmp_path, data, mo
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match=r"lacks data.test_size, which the vae_jax that wrote"):
         restore_run(tmp_path / "old")
+
+
+def test_learning_rate_schedules():
+    from vae_jax.core.train_step import learning_rate_schedule
+
+    staircase = learning_rate_schedule(3280, 1e-3, "staircase", 0)  # Burda et al.'s, 1 step/pass
+    starts = np.cumsum([0] + [3**i for i in range(8)])[:-1]  # stage i starts after 3^0..3^(i-1)
+    for i, start in enumerate(starts):
+        assert float(staircase(start)) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-5)
+    assert float(staircase(3279)) == pytest.approx(1e-3 * 10 ** (-1), rel=1e-5)
+    cosine = learning_rate_schedule(100, 1e-3, "cosine", 10)
+    assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(1e-3)
+    assert float(cosine(55)) == pytest.approx(0.5e-3, rel=1e-3) and float(cosine(100)) < 1e-9
+
+
+def test_a_scheduled_run_resumes_bit_exactly(tmp_path, data):
+    """The schedule's position is Adam's step count, saved in the checkpoint: resuming at
+    step 8 of a staircase run with Adam eps 1e-4 ends where the uninterrupted run ends."""
+    import shutil
+
+    config = small_config(
+        {"train.num_epochs": 3, "train.schedule": "staircase", "train.adam_eps": 1e-4}
+    )
+    train_and_evaluate(config, tmp_path / "full", data)
+    train_and_evaluate(config, tmp_path / "cut", data)
+    for step in ("16", "24"):  # as if the run had stopped after epoch 1
+        shutil.rmtree(tmp_path / "cut" / "checkpoints" / step)
+    resumed = train_and_evaluate(config, tmp_path / "cut", data)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    _assert_trees_equal(restore_run(tmp_path / "full")[2], restore_run(tmp_path / "cut")[2])
+    constant = small_config({"train.num_epochs": 1})
+    train_and_evaluate(constant, tmp_path / "constant", data)
+    assert not np.array_equal(  # the schedule and eps did change the training
+        jax.tree.leaves(_params(tmp_path / "constant"))[0],
+        jax.tree.leaves(_params(tmp_path / "full"))[0],
+    )

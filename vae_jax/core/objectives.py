@@ -31,10 +31,19 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.core.models import VAE
-from vae_jax.core.settings import POSITIVE, Setting, one_of
+from vae_jax.core.settings import (
+    BOOL,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Setting,
+    one_of,
+)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-SETTINGS = {  # the objective's config keys
+OBJECTIVES = ("elbo", "iwae")
+SETTINGS = {  # the objective's config keys; make_loss takes them by their last component
     "model.likelihood": Setting(
         "bernoulli",
         one_of(*LIKELIHOODS),
@@ -42,7 +51,25 @@ SETTINGS = {  # the objective's config keys
     ),
     "model.obs_stddev": Setting(0.1, POSITIVE, "gaussian: the observation stddev"),
     "model.noise_scale": Setting(1.0, POSITIVE, "z = mean + noise_scale * stddev * eps (1: a VAE)"),
+    "objective.name": Setting(
+        "elbo",
+        one_of(*OBJECTIVES),
+        "the training loss: elbo (with beta, warm-up, free bits) or iwae (k samples, Burda et al.)",
+        since=2,
+    ),
+    "objective.beta": Setting(1.0, NON_NEGATIVE, "elbo: the weight of the KL term", since=2),
+    "objective.kl_warmup_steps": Setting(
+        0, NON_NEGATIVE_INT, "elbo: the KL weight grows linearly from 0 over N steps", since=2
+    ),
+    "objective.free_bits": Setting(
+        0.0, NON_NEGATIVE, "elbo: nats of KL per latent dimension left unpenalized", since=2
+    ),
+    "objective.k": Setting(1, POSITIVE_INT, "iwae: samples per image", since=2),
+    "objective.dreg": Setting(
+        False, BOOL, "iwae: doubly reparameterized encoder gradients (Tucker et al. 2018)", since=2
+    ),
 }
+Loss = Callable[..., tuple[jax.Array, jax.Array]]  # (params, x, key, step, noise_scale)
 LOG_2PI = math.log(2.0 * math.pi)
 LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, x) -> [B] nats
 
@@ -127,12 +154,114 @@ def training_loss(
     log_lik: LogLikelihood,
     noise_scale: float | jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Mean over the batch of recon + the seed's KL, and ``[loss, recon, kl]`` for logging."""
+    """The seed's loss: mean over the batch of recon + KL(N(mean, stddev^2) || N(0, I)), and
+    ``[loss, recon, kl]`` for logging."""
     terms = elbo_terms(model, params, x, key, log_lik, noise_scale)
     recon = jnp.mean(terms.recon)
     kl = jnp.mean(terms.kl_objective)
     loss = recon + kl
     return loss, jnp.stack([loss, recon, kl])
+
+
+def make_loss(
+    model: VAE,
+    *,
+    likelihood: str,
+    obs_stddev: float,
+    name: str,
+    beta: float,
+    kl_warmup_steps: int,
+    free_bits: float,
+    k: int,
+    dreg: bool,
+    noise_scale: float = 1.0,
+) -> Loss:
+    """``(params, x, key, step, noise_scale) -> (loss, [loss, recon, kl])``, nats per image:
+    the training loss the objective's settings (:data:`SETTINGS`, by their last component)
+    describe; ``noise_scale`` is given at each call instead (runs trained together differ in
+    it). With the defaults it is the seed's loss, :func:`training_loss`, bit for bit."""
+    del noise_scale
+    log_lik = log_likelihood(likelihood, obs_stddev)
+    if name == "iwae":
+        return functools.partial(_iwae_loss, model, log_lik=log_lik, k=k, dreg=dreg)
+    if beta == 1.0 and kl_warmup_steps == 0 and free_bits == 0.0:
+        return lambda params, x, key, step, noise_scale: training_loss(
+            model, params, x, key, log_lik, noise_scale
+        )
+    return functools.partial(
+        _weighted_elbo_loss, model, log_lik=log_lik, beta=beta, warmup=kl_warmup_steps,
+        free_bits=free_bits,
+    )  # fmt: skip
+
+
+def kl_weight(step: jax.Array, beta: float, warmup: int) -> jax.Array:
+    """``beta``, reached linearly from 0 over the first ``warmup`` steps."""
+    if warmup == 0:
+        return jnp.asarray(beta, jnp.float32)
+    return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup)
+
+
+def _weighted_elbo_loss(model, params, x, key, step, noise_scale, *, log_lik, beta, warmup,
+                        free_bits):  # fmt: skip
+    """recon + kl_weight(step) * KL, the KL of each latent dimension (its batch mean) counted
+    as at least ``free_bits`` nats (Kingma et al. 2016); the logged KL is the true one."""
+    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
+    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    z = mean + noise_scale * jnp.exp(0.5 * logvar) * eps
+    recon = jnp.mean(-log_lik(model.apply({"params": params}, z, method=VAE.decode), x))
+    kl_per_dim = jnp.mean(0.5 * (jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0), axis=0)
+    kl = jnp.sum(kl_per_dim)
+    penalized = jnp.sum(jnp.maximum(kl_per_dim, free_bits)) if free_bits else kl
+    loss = recon + kl_weight(step, beta, warmup) * penalized
+    return loss, jnp.stack([loss, recon, kl])
+
+
+def _iwae_loss(model, params, x, key, step, noise_scale, *, log_lik, k, dreg):
+    """Minus the k-sample IWAE bound (Burda et al. 2016), batch mean; with ``dreg`` the
+    encoder's gradient is the doubly reparameterized one (Tucker et al. 2018): the weights'
+    squares times the path derivative of each log weight, the score term dropped. The decoder's
+    gradient is the IWAE gradient either way. Logged: recon and KL of q (analytic)."""
+    del step
+    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
+    eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
+    std = noise_scale * jnp.exp(0.5 * logvar)
+    z = mean[:, None] + std[:, None] * eps
+    log_w, recon = _log_weights_at(model, params, x, z, mean, std, log_lik, dreg)
+    bound = jax.nn.logsumexp(log_w, axis=-1) - math.log(k)
+    loss = -jnp.mean(bound)
+    if dreg:
+        w = jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=-1))
+        encoder = -jnp.mean(jnp.sum(jnp.square(w) * log_w, axis=-1))
+        decoder = _decoder_only_bound(model, params, x, z, mean, std, log_lik, k)
+        loss = jax.lax.stop_gradient(loss) + (encoder - jax.lax.stop_gradient(encoder))
+        loss = loss + (decoder - jax.lax.stop_gradient(decoder))
+    kl = jnp.mean(gaussian_kl(mean, sampled_logvar(logvar, noise_scale)))
+    return loss, jnp.stack([loss, recon, kl])
+
+
+def _log_weights_at(model, params, x, z, mean, std, log_lik, stop_q: bool):
+    """``[B, K]`` log weights at latents ``z [B, K, d]`` of q = N(mean, std^2), and the mean
+    reconstruction term; ``stop_q``: the decoder's parameters and q's parameters in its density
+    are constants (the path derivative through ``z`` alone, for DReG)."""
+    b, k, d = z.shape
+    dec = jax.tree.map(jax.lax.stop_gradient, params) if stop_q else params
+    if stop_q:
+        mean, std = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(std)
+    logits = model.apply({"params": dec}, z.reshape(b * k, d), method=VAE.decode)
+    x_rep = jnp.broadcast_to(x[:, None], (b, k, *x.shape[1:])).reshape(b * k, *x.shape[1:])
+    log_px = log_lik(logits, x_rep).reshape(b, k)
+    log_q = jnp.sum(-0.5 * jnp.square((z - mean[:, None]) / std[:, None])
+                    - jnp.log(std)[:, None] - 0.5 * LOG_2PI, axis=-1)  # fmt: skip
+    log_p = jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI, axis=-1)
+    return log_px + log_p - log_q, -jnp.mean(log_px)
+
+
+def _decoder_only_bound(model, params, x, z, mean, std, log_lik, k) -> jax.Array:
+    """Minus the IWAE bound with the encoder's outputs held constant: its gradient is the
+    decoder's IWAE gradient."""
+    z, mean, std = (jax.lax.stop_gradient(a) for a in (z, mean, std))
+    log_w, _ = _log_weights_at(model, params, x, z, mean, std, log_lik, stop_q=False)
+    return -jnp.mean(jax.nn.logsumexp(log_w, axis=-1) - math.log(k))
 
 
 def importance_noise(

@@ -21,6 +21,7 @@ from jax.sharding import Sharding
 
 from vae_jax.core import objectives, pixels, rng
 from vae_jax.core.models import VAE, init_params
+from vae_jax.core.settings import NON_NEGATIVE_INT, POSITIVE, Setting, one_of
 
 TRAIN_METRICS = ("loss", "recon", "kl")
 
@@ -50,8 +51,49 @@ def zero_sums() -> EpochSums:
     return EpochSums(jnp.zeros(len(TRAIN_METRICS), jnp.float32), jnp.full((), -1, jnp.int32))
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    return optax.adam(learning_rate)
+SCHEDULES = ("constant", "staircase", "cosine")
+SETTINGS = {  # the optimizer's config keys; make_optimizer takes them by their last component
+    "train.learning_rate": Setting(1e-3, POSITIVE, "Adam's (peak) learning rate"),
+    "train.schedule": Setting(
+        "constant",
+        one_of(*SCHEDULES),
+        "constant; staircase: Burda et al.'s 8 stages, stage i 3^i/3280 of the run at "
+        "lr * 10^(-i/7); cosine: linear warm-up, then cosine decay to 0",
+        since=2,
+    ),
+    "train.warmup_steps": Setting(0, NON_NEGATIVE_INT, "cosine: warm-up steps", since=2),
+    "train.adam_eps": Setting(1e-8, POSITIVE, "Adam's epsilon (Burda et al.: 1e-4)", since=2),
+}
+STAIRCASE_STAGES = 8
+
+
+def learning_rate_schedule(
+    total_steps: int, learning_rate: float, schedule: str, warmup_steps: int
+) -> optax.Schedule:
+    """The learning rate at each step of a run of ``total_steps`` steps. Its state is the step
+    count inside Adam's state, so it survives a resume with the checkpoint."""
+    if schedule == "staircase":  # Burda et al. 2016: 3^i passes at 1e-3 * 10^(-i/7)
+        weights = [3**i for i in range(STAIRCASE_STAGES)]
+        ends = [round(total_steps * sum(weights[: i + 1]) / sum(weights)) for i in range(7)]
+        return optax.piecewise_constant_schedule(
+            learning_rate, {end: 10 ** (-1 / 7) for end in ends if end > 0}
+        )
+    if schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1)
+        )
+    return optax.constant_schedule(learning_rate)
+
+
+def make_optimizer(
+    total_steps: int, *, learning_rate: float, schedule: str, warmup_steps: int, adam_eps: float
+) -> optax.GradientTransformation:
+    """Adam with the learning-rate schedule of :data:`SETTINGS` over ``total_steps``; a
+    constant rate with the default epsilon is ``optax.adam(learning_rate)`` itself."""
+    if schedule == "constant" and adam_eps == 1e-8:
+        return optax.adam(learning_rate)
+    lr = learning_rate_schedule(total_steps, learning_rate, schedule, warmup_steps)
+    return optax.adam(lr, eps=adam_eps)
 
 
 def init_state(
@@ -91,16 +133,16 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def make_train_step(
-    model: VAE,
     tx: optax.GradientTransformation,
-    log_lik: objectives.LogLikelihood,
+    loss_fn: objectives.Loss,
     *,
     batch_size: int,
     steps_per_epoch: int,
     dynamic_binarize: bool,
     batch_sharding: Sharding,
 ) -> Callable[..., tuple[TrainState, EpochSums]]:
-    """``(state, sums, images, perm, noise_scale) -> (state, sums)``, pure.
+    """``(state, sums, images, perm, noise_scale) -> (state, sums)``, pure; ``loss_fn`` is
+    :func:`vae_jax.core.objectives.make_loss`'s.
 
     ``images``: the uint8 training set; ``perm``: this epoch's permutation of it. The step's
     batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, placed by
@@ -124,10 +166,10 @@ def make_train_step(
         if dynamic_binarize:
             x = pixels.dynamic_binarize(binarize_key, x)
 
-        def loss_fn(params):
-            return objectives.training_loss(model, params, x, noise_key, log_lik, noise_scale)
+        def loss(params):
+            return loss_fn(params, x, noise_key, state.step, noise_scale)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 

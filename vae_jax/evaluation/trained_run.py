@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
 from vae_jax import parallel
-from vae_jax.core import objectives, pixels, rng
+from vae_jax.core import objectives, pixels, rng, train_step
 from vae_jax.core.models import VAE, make_model
 from vae_jax.core.train_step import TrainState, checkpoint_like, make_optimizer
 from vae_jax.errors import ConfigError, DataError
@@ -27,7 +27,7 @@ from vae_jax.outputs.workdir import Workdir
 def checkpoint_like_for(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[dict], dict]:
     """``meta -> `` the pytree a checkpoint of this config holds, as shapes, dtypes and
     (replicated) shardings, for the image shape its ``meta`` records."""
-    tx = make_optimizer(config.train.learning_rate)
+    tx = make_optimizer(1, **config_lib.values(config, train_step.SETTINGS))  # shapes only
     repl = parallel.replicated(mesh)
 
     def like(meta: dict) -> dict:
@@ -55,6 +55,9 @@ def restore_run(
     like = checkpoint_like_for(config, mesh or parallel.make_mesh())
     checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep, read_only=True)
     try:
+        if step is not None and step not in checkpointer.steps():
+            steps = ", ".join(map(str, checkpointer.steps())) or "none"
+            raise ConfigError(f"{run.path} has no checkpoint at step {step}; steps there: {steps}")
         restored = (
             checkpointer.restore_latest_valid(like)
             if step is None

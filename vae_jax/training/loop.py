@@ -46,7 +46,7 @@ from vae_jax.outputs import plots
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
 from vae_jax.outputs.metrics import MetricsWriter
 from vae_jax.outputs.workdir import Workdir, is_writer
-from vae_jax.training.stopping import StopRequest
+from vae_jax.training.stopping import Pause, StopRequest
 
 
 class Member(NamedTuple):
@@ -85,21 +85,7 @@ def train(
     num_epochs = config.train.num_epochs
     state, sums, histories = _start(members, group, model, tx, data.image_shape, mesh)
     step = members[0].restored.step if members[0].restored else 0
-    trainer = EpochTrainer(
-        model,
-        tx,
-        mesh,
-        data.train_images,
-        state,
-        sums,
-        group,
-        batch_size=config.train.batch_size,
-        log_every=config.train.log_every_steps,
-        num_epochs=num_epochs,
-        log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
-        dynamic_binarize=config.data.binarize == "dynamic",
-        noise_scales=[m.config.model.noise_scale for m in members],
-    )
+    trainer = _trainer(members, group, model, tx, mesh, data, state, sums)
     roots = [group.part(state, i).root for i in range(group.size)]
     outputs = [
         EpochOutputs(model, m, mesh, data.test_images, r)
@@ -113,12 +99,12 @@ def train(
     spe = trainer.steps_per_epoch
     _print_start(members, mesh, data, step, spe)
     with StopRequest() as stop:  # from here on, SIGTERM/SIGINT stop cleanly, with a checkpoint
-        while len(histories[0]) < num_epochs and not stop.requested:
+        c = config.checkpoint
+        pause = Pause(stop, c.every_steps, c.every_seconds, config.train.log_every_steps)
+        while len(histories[0]) < num_epochs and not pause.stopping:
             epoch, start = step // spe + 1, step % spe
             sums = trainer.zeros if start == 0 else sums
-            segment = trainer.run(
-                state, sums, epoch, start, lambda s: stop.requested or saver.due(s)
-            )
+            segment = trainer.run(state, sums, epoch, start, pause)
             state, sums, step = segment.state, segment.sums, segment.step
             clock.add(segment)
             for i, writer in enumerate(writers):
@@ -126,23 +112,46 @@ def train(
             _raise_if_nonfinite(members, group, trainer, state, sums)
             if step % spe == 0:
                 _end_epoch(epoch, step, state, sums, histories, outputs, writers, clock, trainer)
-            saver.save(step, state, sums, histories)
+            if saver.save(step, state, sums, histories):
+                pause.saved()
             if step % spe == 0:
                 _write_epoch(members, writers, histories, num_epochs)
         saver.save(step, state, sums, histories)  # a stop before the first step saves too
-    if len(histories[0]) == num_epochs:
-        for m, writer, history in zip(members, writers, histories, strict=True):
-            writer.write_hparams(config_lib.flatten(m.config), history[-1])
-    for writer in writers:
-        writer.close()
+    _finish(members, writers, histories, num_epochs)
     if len(histories[0]) < num_epochs:
-        raise _interrupted(stop.signum, step, spe)
-    for m in members:
-        print(
-            f"Done: {m.workdir.path} (figures in {m.workdir.figures}, metrics in "
-            f"{m.workdir.metrics})"
-        )
+        raise _interrupted(pause.signum, step, spe)
     return histories
+
+
+def _trainer(members, group, model, tx, mesh, data, state, sums) -> EpochTrainer:
+    """The step loop for ``members``' shared settings (noise scales their own)."""
+    config = members[0].config
+    return EpochTrainer(
+        tx,
+        mesh,
+        data.train_images,
+        state,
+        sums,
+        group,
+        batch_size=config.train.batch_size,
+        log_every=config.train.log_every_steps,
+        num_epochs=config.train.num_epochs,
+        loss_fn=objectives.make_loss(model, **config_lib.values(config, objectives.SETTINGS)),
+        dynamic_binarize=config.data.binarize == "dynamic",
+        noise_scales=[m.config.model.noise_scale for m in members],
+    )
+
+
+def _finish(members: list[Member], writers: list, histories: list, num_epochs: int) -> None:
+    """Close the writers (with the hparams of finished runs) and say where the runs are."""
+    finished = len(histories[0]) == num_epochs
+    for m, writer, history in zip(members, writers, histories, strict=True):
+        if finished:
+            writer.write_hparams(config_lib.flatten(m.config), history[-1])
+        writer.close()
+        if finished:
+            print(f"Done: {m.workdir.path} (figures in {m.workdir.figures}, metrics in "
+                  f"{m.workdir.metrics})")  # fmt: skip
 
 
 def _start(
@@ -212,6 +221,7 @@ def _end_epoch(
                 "images_per_sec": clock.images_per_sec,
                 "eval_seconds": eval_seconds,
                 "compile_seconds": clock.compile_seconds,
+                "cpu_seconds": clock.cpu_seconds,
                 "devices": trainer.devices,
                 "models_together": group.size,
                 "time": time.time(),
@@ -247,30 +257,24 @@ def _interrupted(signum: int | None, step: int, spe: int) -> TrainingInterrupted
 
 
 class Saver:
-    """Saves every member's checkpoint at a step, once per step; says when one is due: every
-    ``checkpoint.every_steps`` steps and every ``checkpoint.every_seconds`` seconds, if set."""
+    """Saves every member's checkpoint at a step, once per step (when to save is
+    :class:`~vae_jax.training.stopping.Pause`'s decision)."""
 
     def __init__(self, members: list[Member], group: Group, image_shape: tuple[int, ...]):
         self.members, self.group, self.image_shape = members, group, list(image_shape)
-        self.every_steps = members[0].config.checkpoint.every_steps
-        self.every_seconds = members[0].config.checkpoint.every_seconds
         restored = members[0].restored
         self.saved_step = restored.step if restored else None
-        self.last_save = time.monotonic()
 
-    def due(self, step: int) -> bool:
-        return (self.every_steps > 0 and step % self.every_steps == 0) or (
-            self.every_seconds > 0 and time.monotonic() - self.last_save >= self.every_seconds
-        )
-
-    def save(self, step: int, state: TrainState, sums: EpochSums, histories: list) -> None:
+    def save(self, step: int, state: TrainState, sums: EpochSums, histories: list) -> bool:
+        """Save at ``step`` unless saved there already; say whether it did."""
         if step == self.saved_step:
-            return
+            return False
         for i, m in enumerate(self.members):
             tree = checkpoint_tree(self.group.part(state, i), self.group.part(sums, i))
             meta = {"epoch": len(histories[i]), "step": step, "image_shape": self.image_shape}
             m.checkpointer.save(step, tree, {**meta, "history": histories[i]})
-        self.saved_step, self.last_save = step, time.monotonic()
+        self.saved_step = step
+        return True
 
 
 class Segment(NamedTuple):
@@ -290,10 +294,17 @@ class EpochClock:
     def __init__(self, compile_seconds: float, batch_size: int):
         self.batch_size = batch_size
         self.compile_seconds, self.seconds, self.steps = compile_seconds, 0.0, 0
+        self.cpu_start = time.process_time()
 
     def add(self, segment: Segment) -> None:
         self.seconds += segment.seconds
         self.steps += segment.steps
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (all its threads) since the epoch started: training,
+        evaluation and drawing."""
+        return time.process_time() - self.cpu_start
 
     @property
     def images_per_sec(self) -> float:
@@ -301,6 +312,7 @@ class EpochClock:
 
     def reset(self) -> None:
         self.compile_seconds, self.seconds, self.steps = 0.0, 0.0, 0
+        self.cpu_start = time.process_time()
 
 
 def _raise_if_nonfinite(
@@ -345,7 +357,6 @@ class EpochTrainer:
 
     def __init__(
         self,
-        model: VAE,
         tx: optax.GradientTransformation,
         mesh: Mesh,
         train_images: np.ndarray,
@@ -356,7 +367,7 @@ class EpochTrainer:
         batch_size: int,
         log_every: int,
         num_epochs: int,
-        log_lik: objectives.LogLikelihood,
+        loss_fn: objectives.Loss,
         dynamic_binarize: bool,
         noise_scales: list[float],
     ):
@@ -374,9 +385,8 @@ class EpochTrainer:
 
         mapped = group.mapped(
             make_train_step(
-                model,
                 tx,
-                log_lik,
+                loss_fn,
                 batch_size=batch_size,
                 steps_per_epoch=self.steps_per_epoch,
                 dynamic_binarize=dynamic_binarize,

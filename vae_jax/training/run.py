@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
 from vae_jax import parallel
+from vae_jax.core import train_step
 from vae_jax.core.models import VAE, make_model
 from vae_jax.core.train_step import checkpoint_like, make_optimizer
 from vae_jax.errors import ConfigError, DataError, OutputError
@@ -163,7 +164,8 @@ def _train(
     for (_, restored), w in zip(newest, workdirs, strict=True):
         _check_images(dataset, restored, w)
     model = _model(config, dataset.image_shape)
-    tx = make_optimizer(config.train.learning_rate)
+    steps = len(dataset.train_images) // config.train.batch_size * config.train.num_epochs
+    tx = make_optimizer(steps, **config_lib.values(config, train_step.SETTINGS))
     # --- nothing was written before this line (but the lock of an existing workdir) ---
     members = []
     for run, w, (checkpointer, restored) in zip(runs, workdirs, newest, strict=True):
