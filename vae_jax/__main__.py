@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,6 +94,12 @@ def _multi_process_flags(p: argparse.ArgumentParser) -> None:
     multi.add_argument("--coordinator", help="HOST:PORT of process 0 (implies --distributed)")
     multi.add_argument("--num-processes", type=int)
     multi.add_argument("--process-id", type=int)
+    multi.add_argument(
+        "--peer-timeout",
+        type=int,
+        default=300,
+        help="seconds to wait for every process to join (default 300)",
+    )
 
 
 def _config_file(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -116,23 +124,40 @@ def _name(experiment: str) -> str:
     return experiment.removesuffix(".py").rsplit("/", 1)[-1]
 
 
+def _workdir(args: argparse.Namespace) -> str | None:
+    if args.workdir is not None and not args.workdir.strip():
+        raise ConfigError(
+            "--workdir is empty; give a folder, or leave it out for runs/<experiment>"
+        )
+    return args.workdir
+
+
 def _train(args: argparse.Namespace, rest: list[str]) -> None:
     experiment, overrides = _experiment(args, rest)
+    workdir = _workdir(args)
     config = config_lib.load_experiment(experiment, overrides)
-    from vae_jax.training.run import train_and_evaluate  # imports JAX: after the cheap checks
+    multi = args.distributed or args.coordinator
+    if not multi and (args.num_processes is not None or args.process_id is not None):
+        raise ConfigError(
+            "--num-processes/--process-id join a multi-process run only with --coordinator "
+            "HOST:PORT (or --distributed); without it each process would train alone"
+        )
+    from vae_jax import parallel  # imports JAX: after the cheap checks
+    from vae_jax.training.run import train_and_evaluate
 
-    if args.distributed or args.coordinator:
-        from vae_jax.parallel import initialize_distributed
-
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if multi:
+        parallel.check_distributed_args(args.coordinator, args.num_processes, args.process_id)
+        parallel.initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id, args.peer_timeout
+        )
     name = _name(experiment)
-    train_and_evaluate(config, args.workdir or f"runs/{name}", name=name, force=args.force)
+    train_and_evaluate(config, workdir or f"runs/{name}", name=name, force=args.force)
 
 
 def _eval(args: argparse.Namespace, rest: list[str]) -> None:
     if args.experiment is None and args.workdir is None:
         raise ConfigError("give the run to evaluate: an experiment name or --workdir")
-    workdir = args.workdir or f"runs/{_name(args.experiment)}"
+    workdir = _workdir(args) or f"runs/{_name(args.experiment)}"
     if args.experiment and not Path(workdir).exists():  # then a wrong name is likelier
         config_lib.experiment_path(args.experiment)
     from vae_jax.evaluation.run import evaluate_run
@@ -176,15 +201,27 @@ def _data(args: argparse.Namespace, rest: list[str]) -> None:
 COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list, "data": _data}
 
 
+class _Terminated(Exception):
+    """SIGTERM before the training loop listens for it (it then saves a checkpoint)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = _parser().parse_known_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         COMMANDS[args.command](args, rest)
         return 0
-    except KeyboardInterrupt:  # before training started: nothing to save
-        print("interrupted before training started; nothing was trained", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, _Terminated) as e:  # outside the loop: nothing to save
+        name = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
+        print(f"stopped by {name} outside training; nothing more was trained or saved "
+              "(the newest checkpoint, if any, is intact)", file=sys.stderr)  # fmt: skip
+        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
     except TrainingInterrupted as e:
         resume = "python -m vae_jax " + shlex.join(a for a in argv if a != "--force")
         print(f"{e}.\nResume with the same command:\n  {resume}", file=sys.stderr)

@@ -188,7 +188,24 @@ def load_split(
     name: str, split: str, data_dir: str, prepare: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of a TFDS split; ``prepare``
-    prepares the dataset first if it is not (:func:`prepare_tfds`)."""
+    prepares the dataset first if it is not (:func:`prepare_tfds`). A damaged data dir
+    (garbage metadata, missing or truncated record files) is a :class:`DataError`."""
+    try:
+        return _load_split(name, split, data_dir, prepare)
+    except DataError:
+        raise
+    except Exception as e:  # TFDS and array_record raise all sorts on damaged files
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir!r} cannot be read ({type(e).__name__}: {text}); "
+            f"its files are damaged or incomplete. Prepare it again (python -m vae_jax data "
+            f"{name} --data-dir DIR into a fresh dir), or point TFDS_DATA_DIR at a good copy"
+        ) from None
+
+
+def _load_split(
+    name: str, split: str, data_dir: str, prepare: bool
+) -> tuple[np.ndarray, np.ndarray]:
     builder = _builder(name, data_dir, prepare)
     if split not in builder.info.splits:
         raise DataError(

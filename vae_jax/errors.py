@@ -35,6 +35,12 @@ class WorkdirError(VaeJaxError):
     exit_code = 2
 
 
+class DistributedError(VaeJaxError):
+    """The processes of a multi-process run could not find each other."""
+
+    exit_code = 2
+
+
 class CheckpointError(VaeJaxError):
     """A checkpoint could not be written or verified, or none of the saved ones is readable."""
 

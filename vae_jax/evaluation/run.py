@@ -100,8 +100,10 @@ def evaluate_run(
             f"test images are {dataset.test_images.shape[1:]}, but the run in {workdir} was "
             f"trained on {tuple(meta['image_shape'])}"
         )
+    if is_writer():
+        Workdir(workdir).check_writable(Workdir(workdir).eval_figures(step))
     start = time.perf_counter()
-    result = _evaluate(config, model, state.params, state.root, dataset, mesh, meta, workdir)
+    result = _evaluate(config, model, state.params, state.root, dataset, mesh, meta, workdir, step)
     result["seconds"] = time.perf_counter() - start
     path = Workdir(workdir).eval_json(step)
     if is_writer():
@@ -110,7 +112,7 @@ def evaluate_run(
     return result
 
 
-def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path) -> dict:
+def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path, step) -> dict:
     """The numbers of ``eval.json``, and the figures."""
     c = config
     log_lik = objectives.log_likelihood(c.model.likelihood, c.model.obs_stddev)
@@ -149,8 +151,10 @@ def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path) -
     originals = np.asarray(to_float(test_images[: plots.FIGURE_IMAGES]))
     recon = decode(latent.means[: plots.FIGURE_IMAGES])
     label = f"{workdir.name}: step {meta['step']} (epoch {meta['epoch']})"
-    drawn = _draw(workdir, c, decode, latent, originals, recon, root, dataset, label)
-    return _result(c, meta, workdir, len(test_images), elbo, latent, iw, recon, originals, drawn)
+    out = Workdir(workdir).eval_figures(step)
+    drawn = _draw(out, c, decode, latent, originals, recon, root, dataset, label)
+    result = _result(c, meta, workdir, len(test_images), elbo, latent, iw, recon, originals, drawn)
+    return {**result, "figures_dir": str(out.relative_to(workdir))}
 
 
 def _decoder(model: VAE, params: dict):
@@ -198,7 +202,7 @@ def _result(c, meta, workdir, n_test, elbo, latent, iw, recon, originals, drawn)
 
 
 def _draw(
-    workdir: Path,
+    out: Path,
     config: ml_collections.ConfigDict,
     decode,
     latent: LatentStats,
@@ -211,7 +215,6 @@ def _draw(
     """The evaluation's figures (process 0 draws); returns their file names."""
     if not is_writer():
         return []
-    out = Workdir(workdir).figures
     z = jax.random.normal(
         rng.stream(root, rng.Stream.FIGURES), (plots.FIGURE_IMAGES, config.model.latent_dim)
     )
@@ -312,5 +315,5 @@ def format_table(r: dict, path: Path) -> str:
         f"{r['test_images']} test images, {data}"
     ]
     lines += [f"  {a.ljust(width)}  {b}" for a, b in rows]
-    lines.append(f"  written: {path} and {len(r['figures'])} figures in figures/")
+    lines.append(f"  written: {path} and {len(r['figures'])} figures in {r['figures_dir']}/")
     return "\n".join(lines)

@@ -32,6 +32,8 @@ import orbax.checkpoint as ocp
 
 from vae_jax.errors import CheckpointError
 
+ROTATION_RETRIES = 20
+
 
 class Restored(NamedTuple):
     step: int
@@ -190,25 +192,43 @@ class Checkpointer:
 
     def restore_latest_valid(self, like_for: Callable[[dict], Any]) -> Restored | None:
         """The newest checkpoint that reads back and matches its sha256, or None if there are
-        none at all. Raises :class:`CheckpointError` when checkpoints exist but none is valid."""
-        steps = self.steps()
-        for step in reversed(steps):
-            try:
-                return self.restore(step, like_for)
-            except Exception as e:
-                _collect_abandoned_reads()
-                print(
-                    f"warning: checkpoint {self.directory / str(step)} is damaged ({_short(e)}); "
-                    "falling back to an older one",
-                    file=sys.stderr,
-                )
-        if steps:
-            raise CheckpointError(
-                f"none of the checkpoints in {self.directory} (steps "
-                f"{', '.join(map(str, steps))}) can be read. Move the workdir aside, or start "
-                "anew in it with --force (which moves the old run aside)."
-            )
-        return None
+        none at all. Raises :class:`CheckpointError` when checkpoints exist but none is valid.
+
+        A checkpoint that vanishes while it is read was rotated away by a run saving a newer
+        one (evaluation beside training): the newest ones are then tried again, quietly."""
+        for _ in range(ROTATION_RETRIES):
+            steps = self.steps()
+            for step in reversed(steps):
+                try:
+                    return self.restore(step, like_for)
+                except Exception as e:
+                    _collect_abandoned_reads()
+                    if self._rotated_away(step):
+                        break  # start over from the newest
+                    print(
+                        f"warning: checkpoint {self.directory / str(step)} is damaged "
+                        f"({_short(e)}); falling back to an older one",
+                        file=sys.stderr,
+                    )
+            else:
+                if steps:
+                    raise CheckpointError(
+                        f"none of the checkpoints in {self.directory} (steps "
+                        f"{', '.join(map(str, steps))}) can be read. Move the workdir aside, or "
+                        "start anew in it with --force (which moves the old run aside)."
+                    )
+                return None
+        raise CheckpointError(
+            f"the checkpoints in {self.directory} were rotated away {ROTATION_RETRIES} times "
+            "while being read (a run saving very often?); try again"
+        )
+
+    def _rotated_away(self, step: int) -> bool:
+        try:
+            self.manager.reload()
+        except Exception:
+            return False
+        return step not in self.steps()
 
     def close(self) -> None:
         self.manager.close()

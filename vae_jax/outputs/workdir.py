@@ -136,6 +136,22 @@ class Workdir:
             raise WorkdirError(f"cannot move {self.path} aside to {target}: {e}") from None
         return target
 
+    def eval_figures(self, step: int | None = None) -> Path:
+        """Where an evaluation draws: ``figures/`` for the newest checkpoint, its own
+        ``figures/eval_step_<N>/`` for a chosen step (the newest's are left as they are)."""
+        return self.figures if step is None else self.figures / f"eval_step_{step}"
+
+    def check_writable(self, *folders: Path) -> None:
+        """Refuse, before anything is computed or written, folders that cannot be written."""
+        for folder in (self.path, *folders):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                raise WorkdirError(f"cannot write to {folder}: {e}") from None
+
     def create(self, config_json: dict, checkpoint_bytes: int, max_to_keep: int) -> None:
         """Make the folders, check that they are writable and have room for ``max_to_keep``
         checkpoints, and write ``config.json`` (the resolved config)."""
