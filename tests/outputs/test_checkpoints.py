@@ -147,3 +147,30 @@ def test_run_resumes_from_the_newest_valid_checkpoint(tmp_path):
     history = train_and_evaluate(small_config({"train.num_epochs": 4}), tmp_path / "run", data)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     _assert_trees_equal(restore_run(tmp_path / "full")[2], restore_run(tmp_path / "run")[2])
+
+
+def test_a_reader_retries_a_checkpoint_rotated_away_while_it_reads(tmp_path, monkeypatch, capsys):
+    """Evaluation beside training with max_to_keep=1: the checkpoint being read is deleted when
+    the next one is saved. The reader starts over from the newest, quietly, instead of calling
+    a healthy run unreadable."""
+    like, state = _random_state()
+    _, newer = _random_state(seed=1)
+    writer = Checkpointer(tmp_path, max_to_keep=1)
+    writer.save(1, state, {"image_shape": [28, 28, 1]})
+    restore = Checkpointer.restore
+    rotated = []
+
+    def racing_restore(self, step, like_for):
+        if not rotated:  # the run saves step 2 and deletes step 1 as we start reading it
+            writer.save(2, newer, {"image_shape": [28, 28, 1]})
+            rotated.append(step)
+        return restore(self, step, like_for)
+
+    reader = Checkpointer(tmp_path, max_to_keep=1, read_only=True)
+    monkeypatch.setattr(Checkpointer, "restore", racing_restore)
+    restored = reader.restore_latest_valid(lambda m: like)
+    assert rotated == [1] and restored.step == 2
+    _assert_trees_equal(restored.state, newer)
+    assert "damaged" not in capsys.readouterr().err
+    reader.close()
+    writer.close()

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from vae_jax import parallel
 from vae_jax.core import objectives
+from vae_jax.core.conv_ops import compile_fast
 from vae_jax.core.models import VAE
 from vae_jax.core.pixels import to_float
 from vae_jax.outputs.metrics import peak_host_memory_bytes
@@ -195,7 +196,8 @@ def iwae_bound(
         for i in range(len(chunks))
     ]
     lse0 = jax.device_put(jnp.full((per_call,), -jnp.inf), batch)
-    fn = jax.jit(accumulate).lower(params, chunks[0][0], ids[0], jnp.int32(0), lse0).compile()
+    # compiled as the train step is (on CPU without XLA's YNNPACK fusions: 1.25x here)
+    fn = compile_fast(jax.jit(accumulate).lower(params, chunks[0][0], ids[0], jnp.int32(0), lse0))
     offsets = [jnp.int32(j * samples) for j in range(-(-k // samples))]
     out = _stream(fn, params, chunks, ids, offsets, lse0, n, k)
     bounds = np.concatenate([np.asarray(b, np.float64) for b in out])[:n] - math.log(k)
