@@ -13,21 +13,14 @@ for the k=5000 bound on 10k test images; the NLL a few nats above the paper's 86
 (30x fewer passes). Measured: README, "Results".
 """
 
-from vae_jax.config import base_config
+from vae_jax.config import load_experiment
 
 
 def get_config():
-    config = base_config()
-    config.model.arch = "mlp"
-    config.model.mlp_hidden_dims = (200, 200)
-    config.model.mlp_activation = "tanh"
-    config.model.latent_dim = 50
-    config.data.binarize = "dynamic"
+    config = load_experiment("bmnist_mlp_burda")  # the network and the data
     config.train.batch_size = 20
     config.train.num_epochs = 100
     config.train.schedule = "staircase"
     config.train.adam_eps = 1e-4
     config.train.log_every_steps = 500
-    config.eval.iwae_k = 5000
-    config.eval.iwae_test_size = 0
     return config

@@ -57,36 +57,25 @@ def _trainer(config, dataset, models: int):
     import jax
     import numpy as np
 
-    from vae_jax import config as config_lib
     from vae_jax import parallel
-    from vae_jax.core import objectives, train_step
     from vae_jax.core.models import make_model
-    from vae_jax.core.train_step import init_state, make_optimizer, zero_sums
-    from vae_jax.training.loop import EpochTrainer, Group
+    from vae_jax.core.train_step import init_state, zero_sums
+    from vae_jax.evaluation.trained_run import optimizer_for
+    from vae_jax.training.loop import Group, make_trainer
 
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.train.batch_size, mesh, "batch size")
     model = make_model(dataset.image_shape, **config.model)
     steps = len(dataset.train_images) // config.train.batch_size * config.train.num_epochs
-    tx = make_optimizer(steps, **config_lib.values(config, train_step.SETTINGS))
+    tx = optimizer_for(config, steps)
     repl, group = parallel.replicated(mesh), Group(models)
     init = [functools.partial(init_state, s, model, tx, dataset.image_shape) for s in range(models)]
     state = group.join([jax.jit(f, out_shardings=repl)() for f in init])
     sums = jax.device_put(group.join([zero_sums()] * models), repl)
     scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
-    trainer = EpochTrainer(
-        tx,
-        mesh,
-        dataset.train_images,
-        state,
-        sums,
-        group,
-        batch_size=config.train.batch_size,
-        log_every=config.train.log_every_steps,
-        num_epochs=config.train.num_epochs,
-        loss_fn=objectives.make_loss(model, **config_lib.values(config, objectives.SETTINGS)),
-        dynamic_binarize=config.data.binarize == "dynamic",
-        noise_scales=scales if models > 1 else [config.model.noise_scale],
+    scales = scales if models > 1 else [config.model.noise_scale]
+    trainer = make_trainer(
+        config, model, tx, mesh, dataset.train_images, state, sums, group, scales
     )
     return trainer, state, sums
 

@@ -84,3 +84,16 @@ def test_the_checkpoint_is_plain_orbax_with_a_flax_params_tree(trained):
     assert saved["meta"]["step"] == step and saved["meta"]["image_shape"] == [28, 28, 1]
     run = vae_jax.load_run(workdir)
     jax.tree.map(np.testing.assert_array_equal, run.params, params)
+
+
+def test_the_nll_curve_of_a_run(trained, mnist_dir):
+    from vae_jax.evaluation import curve
+
+    workdir, *_ = trained
+    assert curve.main([str(workdir), "--k", "4", "--images", "20", "--every", "1",
+                       "--reference", "500", "a line"]) == 0  # fmt: skip
+    saved = json.loads((workdir / "curve.json").read_text())
+    assert [p["epoch"] for p in saved["points"]] == [1, 2]
+    minutes = [p["cpu_minutes"] for p in saved["points"]]
+    assert 0 < minutes[0] < minutes[1]
+    assert (workdir / "figures" / "nll_vs_cpu_minutes.png").stat().st_size > 10_000

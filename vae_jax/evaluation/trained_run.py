@@ -24,10 +24,15 @@ from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
 
 
+def optimizer_for(config: ml_collections.ConfigDict, total_steps: int = 1):
+    """The run's optimizer (its schedule spread over ``total_steps``; for shapes, any)."""
+    return make_optimizer(total_steps, **config_lib.values(config, train_step.SETTINGS))
+
+
 def checkpoint_like_for(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[dict], dict]:
     """``meta -> `` the pytree a checkpoint of this config holds, as shapes, dtypes and
     (replicated) shardings, for the image shape its ``meta`` records."""
-    tx = make_optimizer(1, **config_lib.values(config, train_step.SETTINGS))  # shapes only
+    tx = optimizer_for(config)
     repl = parallel.replicated(mesh)
 
     def like(meta: dict) -> dict:

@@ -85,7 +85,8 @@ def train(
     num_epochs = config.train.num_epochs
     state, sums, histories = _start(members, group, model, tx, data.image_shape, mesh)
     step = members[0].restored.step if members[0].restored else 0
-    trainer = _trainer(members, group, model, tx, mesh, data, state, sums)
+    scales = [m.config.model.noise_scale for m in members]
+    trainer = make_trainer(config, model, tx, mesh, data.train_images, state, sums, group, scales)
     roots = [group.part(state, i).root for i in range(group.size)]
     outputs = [
         EpochOutputs(model, m, mesh, data.test_images, r)
@@ -123,13 +124,23 @@ def train(
     return histories
 
 
-def _trainer(members, group, model, tx, mesh, data, state, sums) -> EpochTrainer:
-    """The step loop for ``members``' shared settings (noise scales their own)."""
-    config = members[0].config
+def make_trainer(
+    config: ml_collections.ConfigDict,
+    model: VAE,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    train_images: np.ndarray,
+    state: TrainState,
+    sums: EpochSums,
+    group: Group,
+    noise_scales: list[float],
+) -> EpochTrainer:
+    """The step loop with ``config``'s settings (those shared by runs trained together), one
+    noise scale per run."""
     return EpochTrainer(
         tx,
         mesh,
-        data.train_images,
+        train_images,
         state,
         sums,
         group,
@@ -138,7 +149,7 @@ def _trainer(members, group, model, tx, mesh, data, state, sums) -> EpochTrainer
         num_epochs=config.train.num_epochs,
         loss_fn=objectives.make_loss(model, **config_lib.values(config, objectives.SETTINGS)),
         dynamic_binarize=config.data.binarize == "dynamic",
-        noise_scales=[m.config.model.noise_scale for m in members],
+        noise_scales=noise_scales,
     )
 
 

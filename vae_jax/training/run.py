@@ -22,12 +22,11 @@ from jax.sharding import Mesh
 from vae_jax import config as config_lib
 from vae_jax import data as data_lib
 from vae_jax import parallel
-from vae_jax.core import train_step
 from vae_jax.core.models import VAE, make_model
-from vae_jax.core.train_step import checkpoint_like, make_optimizer
+from vae_jax.core.train_step import checkpoint_like
 from vae_jax.errors import ConfigError, DataError, OutputError
 from vae_jax.evaluation.run import evaluate_run, evaluated_step
-from vae_jax.evaluation.trained_run import checkpoint_like_for
+from vae_jax.evaluation.trained_run import checkpoint_like_for, optimizer_for
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
 from vae_jax.outputs.workdir import Workdir
 from vae_jax.training import loop
@@ -165,7 +164,7 @@ def _train(
         _check_images(dataset, restored, w)
     model = _model(config, dataset.image_shape)
     steps = len(dataset.train_images) // config.train.batch_size * config.train.num_epochs
-    tx = make_optimizer(steps, **config_lib.values(config, train_step.SETTINGS))
+    tx = optimizer_for(config, steps)
     # --- nothing was written before this line (but the lock of an existing workdir) ---
     members = []
     for run, w, (checkpointer, restored) in zip(runs, workdirs, newest, strict=True):
