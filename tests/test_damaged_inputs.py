@@ -86,7 +86,7 @@ CONFIG_DAMAGE = {
     ),
     "a removed key": (
         lambda c: c["data"].pop("test_size"),
-        "lacks data.test_size, which the vae_jax that wrote it had",
+        "lacks data.test_size, which it was written with",
     ),
 }
 

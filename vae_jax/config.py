@@ -12,6 +12,7 @@ a suggestion and the valid keys, a bad value with what is expected.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.util
 import os
 import re
@@ -174,34 +175,56 @@ def _plain(v: Any) -> Any:
     return v
 
 
-GENERATION_KEY = "vae_jax_keys"  # in config.json: the generation of keys it was written with
+KEYS_MARK = "vae_jax_keys"  # in config.json: a digest of the names of the keys it holds
+# The keys of every config.json written before the digest existed (vae_jax 0.1).
+FIRST_KEYS = frozenset(
+    f"{group}.{key}"
+    for group, keys in {
+        "checkpoint": "every_seconds every_steps max_to_keep",
+        "data": "binarize binarize_seed name test_size tfds_data_dir train_size",
+        "eval": "after_training batch_size iwae_k iwae_pairs_per_call iwae_test_size num_samples",
+        "figures": "late_epoch",
+        "model": "arch conv_impl latent_dim likelihood mlp_activation mlp_hidden_dims "
+        "noise_scale obs_stddev",
+        "train": "batch_size learning_rate log_every_steps num_epochs",
+    }.items()
+    for key in keys.split()
+) | {"seed"}
+
+
+def _digest(keys) -> str:
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
 
 
 def to_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What a run's ``config.json`` holds: the config, and the generation of its keys (the
-    largest ``Setting.since``) so that keys added later can be told from keys lost."""
-    return {**to_json_dict(config), GENERATION_KEY: max(s.since for s in settings().values())}
+    """What a run's ``config.json`` holds: the config, and a digest of its key names, so that
+    keys added to vae_jax later can be told from keys lost from the file."""
+    return {**to_json_dict(config), KEYS_MARK: _digest(flatten(config))}
 
 
 def from_saved(saved: Any, source: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     """The validated config of a run's ``config.json``, and the keys added to vae_jax after
-    it was written, with the defaults they count as. A key that its own generation had but
-    the file lacks means a damaged file: a :class:`ConfigError`, never a silent default."""
+    it was written, with the defaults they count as. A file that lost a key it was written with
+    (its digest no longer matches, or a key of vae_jax 0.1 is missing from a file of then) is
+    damaged: a :class:`ConfigError`, never a silent default."""
     if not isinstance(saved, dict):
         raise ConfigError(f"{source} holds a {type(saved).__name__}, not a config")
     saved = dict(saved)
-    written = saved.pop(GENERATION_KEY, 1)
-    if not is_int(written):
-        raise ConfigError(f"{source}: {GENERATION_KEY}={written!r} is invalid; expected an integer")
+    mark = saved.pop(KEYS_MARK, None)
     flat, keys = flatten(saved), settings()
-    added = {k: s.default for k, s in keys.items() if k not in flat and s.since > written}
-    lost = sorted(k for k, s in keys.items() if k not in flat and s.since <= written)
+    if mark is None:
+        lost = sorted(FIRST_KEYS - set(flat))
+    elif isinstance(mark, str) and mark != _digest(flat):
+        lost = sorted(set(keys) - set(flat)) or ["a key"]
+    else:
+        lost = []
     if lost:
         raise ConfigError(
-            f"{source} lacks {', '.join(lost)}, which the vae_jax that wrote it had: the file is "
+            f"{source} lacks {', '.join(lost)}, which it was written with: the file is "
             "damaged. Restore it (from config.json of another run of this experiment, or the "
             "experiment file), or start anew with --force"
         )
+    added = {k: s.default for k, s in keys.items() if k not in flat}
     return with_values(base_config(), {**flat, **added}, source), added
 
 

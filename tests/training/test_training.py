@@ -205,37 +205,39 @@ def test_no_recompilation_after_the_first_step(tmp_path, data, caplog):
     assert three == one
 
 
-def test_a_run_saved_before_a_key_existed_resumes_bit_exactly(tmp_path, data, monkeypatch, capsys):
-    """A newer vae_jax added a key (here: model.obs_stddev, as if new in generation 2): a run
-    whose config.json predates it counts it as its default, says so once, and ends bit for
-    bit where an uninterrupted run ends; a changed value of it still refuses to resume."""
-    from vae_jax.core import objectives
-    from vae_jax.core.settings import Setting
+def test_a_run_saved_before_keys_existed_resumes_bit_exactly(tmp_path, data, capsys):
+    """A run of vae_jax 0.1 (its config.json without the keys added since, e.g. objective.*,
+    train.schedule) counts them as their defaults, says so once, and ends bit for bit where an
+    uninterrupted run ends; a changed value of such a key still refuses to resume."""
+    from vae_jax.config import FIRST_KEYS, flatten, unflatten
 
-    old = objectives.SETTINGS["model.obs_stddev"]
-    monkeypatch.setitem(objectives.SETTINGS, "model.obs_stddev", Setting(*old[:4], since=2))
     full = train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "full", data)
     train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path / "old", data)
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
-    assert saved.pop("vae_jax_keys") == 2
-    del saved["model"]["obs_stddev"]  # as the older vae_jax wrote it
-    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    old = {k: v for k, v in flatten(saved).items() if k in FIRST_KEYS}  # as vae_jax 0.1 wrote it
+    old_json = unflatten(old).to_dict()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old_json))
 
-    with pytest.raises(ConfigError, match=r"model.obs_stddev: 0.1 in the workdir, 0.2 now"):
-        train_and_evaluate(small_config({"model.obs_stddev": 0.2}), tmp_path / "old", data)
+    with pytest.raises(ConfigError, match=r"objective.beta: 1.0 in the workdir, 2.0 now"):
+        train_and_evaluate(small_config({"objective.beta": 2.0}), tmp_path / "old", data)
     capsys.readouterr()
     resumed = train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "old", data)
     out = capsys.readouterr().out
-    assert out.count("predates model.obs_stddev=0.1: counted as the default") == 1
+    assert out.count("predates ") == 1 and "objective.beta=1.0" in out
     assert [r["test_neg_elbo_nats"] for r in resumed] == [r["test_neg_elbo_nats"] for r in full]
     _assert_trees_equal(_params(tmp_path / "full"), _params(tmp_path / "old"))
-    assert json.loads((tmp_path / "old" / "config.json").read_text())["model"]["obs_stddev"] == 0.1
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["objective"]["beta"] == 1.0
 
-    # a key the file's own generation had, missing: a damaged file, refused, never a default
-    del saved["data"]["test_size"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ConfigError, match=r"lacks data.test_size, which the vae_jax that wrote"):
+    # a key the file was written with, missing: a damaged file, refused, never a default
+    del old_json["data"]["test_size"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old_json))
+    with pytest.raises(ConfigError, match=r"lacks data.test_size, which it was written with"):
         restore_run(tmp_path / "old")
+    current = json.loads((tmp_path / "full" / "config.json").read_text())
+    del current["objective"]["beta"]  # the digest of its keys no longer matches
+    (tmp_path / "full" / "config.json").write_text(json.dumps(current))
+    with pytest.raises(ConfigError, match=r"lacks objective.beta, which it was written with"):
+        restore_run(tmp_path / "full")
 
 
 def test_learning_rate_schedules():

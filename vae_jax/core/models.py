@@ -274,10 +274,8 @@ class ResNetDecoder(nn.Module):
 @architecture(
     "resnet",
     {
-        "resnet_widths": Setting(
-            (32, 64), WIDTHS, "resnet: channels at H/2 and H/4 (two values)", since=2
-        ),
-        "resnet_blocks": Setting(2, POSITIVE_INT, "resnet: residual blocks per scale", since=2),
+        "resnet_widths": Setting((32, 64), WIDTHS, "resnet: channels at H/2 and H/4 (two values)"),
+        "resnet_blocks": Setting(2, POSITIVE_INT, "resnet: residual blocks per scale"),
         "conv_impl": CONV_IMPL,
     },
 )

@@ -55,18 +55,17 @@ SETTINGS = {  # the objective's config keys; make_loss takes them by their last 
         "elbo",
         one_of(*OBJECTIVES),
         "the training loss: elbo (with beta, warm-up, free bits) or iwae (k samples, Burda et al.)",
-        since=2,
     ),
-    "objective.beta": Setting(1.0, NON_NEGATIVE, "elbo: the weight of the KL term", since=2),
+    "objective.beta": Setting(1.0, NON_NEGATIVE, "elbo: the weight of the KL term"),
     "objective.kl_warmup_steps": Setting(
-        0, NON_NEGATIVE_INT, "elbo: the KL weight grows linearly from 0 over N steps", since=2
+        0, NON_NEGATIVE_INT, "elbo: the KL weight grows linearly from 0 over N steps"
     ),
     "objective.free_bits": Setting(
-        0.0, NON_NEGATIVE, "elbo: nats of KL per latent dimension left unpenalized", since=2
+        0.0, NON_NEGATIVE, "elbo: nats of KL per latent dimension left unpenalized"
     ),
-    "objective.k": Setting(1, POSITIVE_INT, "iwae: samples per image", since=2),
+    "objective.k": Setting(1, POSITIVE_INT, "iwae: samples per image"),
     "objective.dreg": Setting(
-        False, BOOL, "iwae: doubly reparameterized encoder gradients (Tucker et al. 2018)", since=2
+        False, BOOL, "iwae: doubly reparameterized encoder gradients (Tucker et al. 2018)"
     ),
 }
 Loss = Callable[..., tuple[jax.Array, jax.Array]]  # (params, x, key, step, noise_scale)

@@ -20,14 +20,13 @@ class Check(NamedTuple):
 
 
 class Setting(NamedTuple):
-    """A key's default must keep what runs saved before the key existed doing what they did:
-    such a run counts the key as its default (``since``: the key generation that added it)."""
+    """A new key's default must keep what runs saved before it existed doing what they did:
+    such a run counts the key as its default when it resumes or is evaluated."""
 
     default: Any
     check: Check
     doc: str
     resumable: bool = False  # may differ when an existing run is resumed
-    since: int = 1  # the generation of keys it came with (bump it for a new key)
 
 
 def is_int(v: Any) -> bool:

@@ -59,10 +59,9 @@ SETTINGS = {  # the optimizer's config keys; make_optimizer takes them by their 
         one_of(*SCHEDULES),
         "constant; staircase: Burda et al.'s 8 stages, stage i 3^i/3280 of the run at "
         "lr * 10^(-i/7); cosine: linear warm-up, then cosine decay to 0",
-        since=2,
     ),
-    "train.warmup_steps": Setting(0, NON_NEGATIVE_INT, "cosine: warm-up steps", since=2),
-    "train.adam_eps": Setting(1e-8, POSITIVE, "Adam's epsilon (Burda et al.: 1e-4)", since=2),
+    "train.warmup_steps": Setting(0, NON_NEGATIVE_INT, "cosine: warm-up steps"),
+    "train.adam_eps": Setting(1e-8, POSITIVE, "Adam's epsilon (Burda et al.: 1e-4)"),
 }
 STAIRCASE_STAGES = 8
 
