@@ -245,13 +245,13 @@ def _fake_point(root, point, elbo: float) -> None:
 
 
 def test_the_summary_follows_the_grid_keys_and_averages_only_seeds(tmp_path):
-    """A 3-key grid (learning rate x latent size x KL-free noise scale) with 2 seeds: a column
-    per key, a line per value of the second key, a panel per value of the third, and two
-    learning rates are never averaged together."""
+    """A 3-key grid (beta x latent size x noise scale) with 2 seeds: a column per key (beta's
+    too), a line per value of the second key, a panel per value of the third, and two betas
+    are never averaged together (only seeds are)."""
     from vae_jax.sweeps import summary
 
     grid = {
-        "train.learning_rate": [0.001, 0.01],
+        "objective.beta": [1.0, 4.0],
         "model.latent_dim": [2, 5],
         "model.noise_scale": [0.5, 1.0],
         "seed": [0, 1],
@@ -259,28 +259,28 @@ def test_the_summary_follows_the_grid_keys_and_averages_only_seeds(tmp_path):
     sweep = expand(*load_sweep_spec(_write_sweep(tmp_path, grid, {"train.num_epochs": 1})))
     root = tmp_path / "out"
 
-    def elbo(v):  # far apart by learning rate, 1 nat apart by seed
-        return 100 * (v["train.learning_rate"] == 0.01) + v["model.latent_dim"] + v["seed"]
+    def elbo(v):  # far apart by beta, 1 nat apart by seed
+        return 100 * (v["objective.beta"] == 4.0) + v["model.latent_dim"] + v["seed"]
 
     for p in sweep.points:
         _fake_point(root, p, elbo(p.values) + 0.25 * p.values["model.noise_scale"])
     summary.write_summary(root, sweep)
     rows = list(csv.DictReader((root / "summary.csv").open()))
-    assert list(rows[0])[:5] == ["point", "learning_rate", "latent_dim", "noise_scale", "seed"]
+    assert list(rows[0])[:5] == ["point", "beta", "latent_dim", "noise_scale", "seed"]
     assert len(rows) == 16
     layout = summary.Layout.of(sweep)
     assert (layout.x, layout.line, layout.panels) == (
-        "train.learning_rate", "model.latent_dim", ["model.noise_scale"]
+        "objective.beta", "model.latent_dim", ["model.noise_scale"]
     )  # fmt: skip
     series = summary.elbo_series(summary.collect(root, sweep), layout)
     assert set(series) == {(0.5,), (1.0,)}  # a panel per noise scale
     for (scale,), lines in series.items():
         assert set(lines) == {2, 5}  # a line per latent size
         for z, points in lines.items():
-            assert [x for x, *_ in points] == [0.001, 0.01]
-            for lr, mean, std, seeds in points:
+            assert [x for x, *_ in points] == [1.0, 4.0]
+            for beta, mean, std, seeds in points:
                 assert seeds == 2  # only the seeds were averaged
-                want = 100 * (lr == 0.01) + z + 0.5 + 0.25 * scale
+                want = 100 * (beta == 4.0) + z + 0.5 + 0.25 * scale
                 assert mean == pytest.approx(want) and std == pytest.approx(np.std([0, 1], ddof=1))
-    for png in ("elbo_vs_learning_rate.png", "rate_distortion.png", "reconstructions_epoch_01.png"):
+    for png in ("elbo_vs_beta.png", "rate_distortion.png", "reconstructions_epoch_01.png"):
         assert (root / png).stat().st_size > 10_000, png
