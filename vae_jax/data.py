@@ -13,6 +13,7 @@ rebuilt. Nothing is ever written into the TFDS data dir.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -80,21 +81,37 @@ def _not_prepared_message(name: str, data_dir: str) -> str:
     )
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """TFDS's absl warnings ("Variant folder ... has no dataset_info.json", "OpenCV is not
+    installed") are noise here: each case gets its own message."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 def _builder(name: str, data_dir: str, prepare: bool = False):
     """The TFDS builder of a prepared dataset; ``prepare`` prepares it first if it is not."""
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _quiet_absl():
+            builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(
             f"unknown TFDS dataset {name!r} (config data.name); give a TFDS image dataset "
             "(mnist, fashion_mnist, kmnist, cifar10, binarized_mnist, ...) or a path to a .npz"
         ) from None
-    if not builder.is_prepared() and prepare:
-        prepare_tfds(name, data_dir)
-        builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+    with _quiet_absl():
+        if not builder.is_prepared() and prepare:
+            prepare_tfds(name, data_dir)
+            builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if not prepared:
         raise DataError(_not_prepared_message(name, data_dir))
     return builder
 
@@ -112,25 +129,34 @@ def prepare_tfds(name: str, data_dir: str) -> None:
     TFDS needs TensorFlow to prepare a dataset (not to read it): it is installed into its own
     environment, ``<cache>/tfds-prepare-venv``, and never enters this one. Needs internet."""
     venv = cache_dir() / "tfds-prepare-venv"
-    python = venv / "bin" / "python"
-    print(f"Preparing TFDS dataset {name!r} in {data_dir!r} (once; TensorFlow goes into {venv})")
-    steps = []
-    if not python.exists():
-        steps.append([sys.executable, "-m", "venv", str(venv)])
-        steps.append([str(python), "-m", "pip", "install", "-q", *PREPARE_PACKAGES])
+    python, ready = venv / "bin" / "python", venv / ".vae_jax-ready"
+    print(f"TFDS dataset {name!r} is not prepared in {data_dir!r}: preparing it (once).")
+    where = (name, data_dir)
+    if not ready.exists():
+        _run(
+            "creating an environment for TensorFlow",
+            [sys.executable, "-m", "venv", str(venv)],
+            where,
+        )
+        install = [str(python), "-m", "pip", "install", "-q", *PREPARE_PACKAGES]
+        _run(f"installing TensorFlow there ({venv}, ~1 GB, a few minutes)", install, where)
+        ready.touch()
     script = (
         "import sys, tensorflow_datasets as tfds; b = tfds.builder(sys.argv[1], "
         "data_dir=sys.argv[2]); b.download_and_prepare(file_format='array_record')"
     )
-    steps.append([str(python), "-c", script, name, data_dir])
-    for step in steps:
-        out = subprocess.run(step, capture_output=True, text=True)
-        if out.returncode != 0:
-            last = (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-            raise DataError(
-                f"could not prepare TFDS dataset {name!r} in {data_dir!r} ({last}); without "
-                "internet that is expected. " + _not_prepared_message(name, data_dir)
-            )
+    _run(f"downloading and preparing {name}", [str(python), "-c", script, name, data_dir], where)
+
+
+def _run(what: str, command: list[str], where: tuple[str, str]) -> None:
+    print(f"  {what} ...", flush=True)
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        raise DataError(
+            f"could not prepare TFDS dataset {where[0]!r} in {where[1]!r} ({last}); without "
+            "internet that is expected. " + _not_prepared_message(*where)
+        )
 
 
 def _fingerprint(builder, split: str) -> str:
@@ -170,17 +196,12 @@ def _decode(name: str, split: str, data_dir: str, n: int) -> tuple[np.ndarray, n
 
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     images, labels = [], []
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # "OpenCV is not installed" is noise here
-    try:
+    with _quiet_absl():
         desc = f"decoding {name}/{split} (once; cached afterwards)"
         for start in tqdm(range(0, n, _DECODE_CHUNK), desc=desc, unit="chunk", leave=False):
             for record in source.__getitems__(list(range(start, min(n, start + _DECODE_CHUNK)))):
                 images.append(np.asarray(record["image"]))
                 labels.append(int(record.get("label", 0)))
-    finally:
-        absl_logger.setLevel(level)
     return np.stack(images), np.asarray(labels, np.int32)
 
 
