@@ -25,7 +25,7 @@ help:
 	@echo "                             training images/s, compile time, memory, GFLOP/s"
 	@echo "make bench-sweep             the same for 1, 2, 3, 5 models trained together (vmap)"
 	@echo "make test                    the test suite (CPU, a few minutes)"
-	@echo "make test-slow               the slow end-to-end reproduction of the seed figure (~7 min)"
+	@echo "make test-slow               end to end: the seed figure, multi-process runs, the README (~10 min)"
 	@echo "make lint / make format      ruff"
 	@echo "make data [DATASET=mnist] [TFDS_DATA_DIR=dir]   download and prepare a TFDS dataset"
 	@echo "make keys                    every config key: default, allowed values, meaning"

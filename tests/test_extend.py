@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import ROOT
 
 
@@ -50,6 +51,7 @@ def _make(*args: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_model_in_a_file_of_its_own_trains_through_make_train(tmp_path):
     import os
 

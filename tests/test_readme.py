@@ -3,9 +3,11 @@
 import os
 import runpy
 
+import pytest
 from test_extend import readme_block
 
 
+@pytest.mark.slow
 def test_use_from_python_runs(tmp_path, mnist_dir, capsys, monkeypatch):
     script = tmp_path / "snippet.py"
     script.write_text(readme_block("Use from Python"))

@@ -139,7 +139,7 @@ def prepare_tfds(name: str, data_dir: str) -> None:
             where,
         )
         install = [str(python), "-m", "pip", "install", "-q", *PREPARE_PACKAGES]
-        _run(f"installing TensorFlow there ({venv}, ~1 GB, a few minutes)", install, where)
+        _run(f"installing TensorFlow there ({venv}, ~2 GB, a few minutes)", install, where)
         ready.touch()
     script = (
         "import sys, tensorflow_datasets as tfds; b = tfds.builder(sys.argv[1], "

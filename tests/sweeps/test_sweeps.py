@@ -203,6 +203,7 @@ def test_vmap_auto_follows_the_measurement():
     assert sweep_lib.vmap_pays_off(conv, "gpu") and sweep_lib.vmap_pays_off(mlp, "tpu")
 
 
+@pytest.mark.slow
 def test_non_finite_point_fails_alone_and_the_sweep_says_so(tmp_path, capsys):
     """A NaN inside a vmapped group: the group is retrained one by one, the bad points are
     named, the others finish, and the command ends with an error."""

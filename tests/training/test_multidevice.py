@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import TESTS, worker_env
 
 
@@ -26,6 +27,7 @@ def _run(devices: int, workdir: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_one_vs_four_devices(tmp_path):
     one, four = _run(1, tmp_path / "one"), _run(4, tmp_path / "four")
     assert (one["devices"], four["devices"]) == (1, 4)

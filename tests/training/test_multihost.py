@@ -50,6 +50,7 @@ def _result(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     port = _free_port()
     procs = [_start(i, 2, port, tmp_path / "two") for i in range(2)]
