@@ -9,7 +9,7 @@ from vae_jax.config import base_config
 from vae_jax.core.models import VAE, init_params, make_model
 
 
-@pytest.mark.parametrize("arch", ["conv", "mlp"])
+@pytest.mark.parametrize("arch", ["conv", "mlp", "resnet"])
 @pytest.mark.parametrize("latent_dim", [2, 5, 20, 64])
 def test_shapes(arch, latent_dim):
     config = base_config().model
@@ -75,3 +75,59 @@ def test_conv_takes_any_image_whose_sides_divide_by_4():
     assert params["decoder"]["Dense_0"]["kernel"].shape == (20, 8 * 6 * 32)
     with pytest.raises(ValueError, match=r"divide by 4; images are \(30, 32, 1\)"):
         make_model((30, 32, 1), **base_config().model)
+
+
+def _resnet(image_shape, conv_impl="auto", blocks=1, widths=(8, 16)):
+    config = base_config().model
+    config.arch, config.resnet_blocks, config.resnet_widths = "resnet", blocks, widths
+    config.conv_impl = conv_impl
+    return make_model(image_shape, **config)
+
+
+def test_resnet_takes_any_image_whose_sides_divide_by_4():
+    model = _resnet((32, 24, 3), blocks=2)
+    params = init_params(model, jax.random.key(0), (32, 24, 3))
+    mean, _ = model.apply({"params": params}, jnp.zeros((2, 32, 24, 3)), method=VAE.encode)
+    assert model.apply({"params": params}, mean, method=VAE.decode).shape == (2, 32, 24, 3)
+    assert params["decoder"]["Dense_0"]["kernel"].shape == (20, 8 * 6 * 16)
+    assert len([k for k in params["encoder"] if k.startswith("ResBlock")]) == 4  # 2 per scale
+    with pytest.raises(ValueError, match=r"divide by 4 and two model.resnet_widths"):
+        _resnet((30, 32, 1))
+    with pytest.raises(ValueError, match=r"widths \(8, 16, 32\)"):
+        _resnet((28, 28, 1), widths=(8, 16, 32))
+
+
+def test_resnet_blocks_start_as_the_identity():
+    """The second conv of each block starts at zero, so a fresh block is the identity: its first
+    conv, however it is set, does not change what the network computes."""
+    model = _resnet((28, 28, 1), blocks=2)
+    params = init_params(model, jax.random.key(1), (28, 28, 1))
+    x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
+
+    def outputs(p):
+        mean, logvar = model.apply({"params": p}, x, method=VAE.encode)
+        return mean, logvar, model.apply({"params": p}, mean, method=VAE.decode)
+
+    moved = jax.tree_util.tree_map_with_path(
+        lambda path, v: (
+            v + 1.0
+            if "Conv_0" in jax.tree_util.keystr(path) and "ResBlock" in jax.tree_util.keystr(path)
+            else v
+        ),
+        params,
+    )
+    assert any(k.startswith("ResBlock") for k in params["decoder"])
+    for a, b in zip(outputs(params), outputs(moved), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resnet_conv_impls_compute_the_same_network():
+    x = jax.random.uniform(jax.random.key(3), (4, 28, 28, 1))
+    out = {}
+    for impl in ("native", "space_to_depth"):
+        model = _resnet((28, 28, 1), conv_impl=impl)
+        params = init_params(model, jax.random.key(0), (28, 28, 1))
+        mean, _ = model.apply({"params": params}, x, method=VAE.encode)
+        out[impl] = (mean, model.apply({"params": params}, mean, method=VAE.decode))
+    for a, b in zip(out["native"], out["space_to_depth"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
