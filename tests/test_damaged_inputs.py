@@ -192,28 +192,36 @@ def _free_port() -> int:
 
 SLOW_START = """
 import sys, time
-import vae_jax.training.run as run
+import {module} as target
 def slow(*args, **kwargs):
-    print("BEFORE THE LOOP", flush=True)
+    print("STARTED", flush=True)
     time.sleep(60)
-run.train_and_evaluate = slow
+target.{name} = slow
 from vae_jax.__main__ import main
 sys.exit(main(["train", "mnist_z20", "--workdir", sys.argv[1]]))
 """
 
 
-def test_sigterm_before_training_starts_says_so(tmp_path):
+@pytest.mark.parametrize(
+    "where",
+    [
+        "vae_jax.training.run.train_and_evaluate",  # before the loop listens for signals
+        "vae_jax.data._load_split",  # inside the data loader's `except Exception`
+    ],
+)
+def test_sigterm_before_training_starts_says_so(tmp_path, where):
+    module, name = where.rsplit(".", 1)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_START, str(tmp_path / "run")],
+        [sys.executable, "-c", SLOW_START.format(module=module, name=name), str(tmp_path / "run")],
         cwd=ROOT,
         env=worker_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout.readline().strip() == "BEFORE THE LOOP"
+    assert proc.stdout.readline().strip() == "STARTED"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped by SIGTERM outside training; nothing more was trained or saved" in err
     assert "Traceback" not in err

@@ -1,7 +1,7 @@
 """A training process for the tests that kill, signal and starve runs (run as a subprocess).
 
     python tests/train_worker.py WORKDIR [--epochs 3] [--every-steps 0] [--every-seconds 0]
-        [--keep 3]
+        [--keep 3] [--evaluate]
         [--step-delay S] [--hang-in-save STEP] [--fill-disk-before-save STEP]
 
 Trains the tiny synthetic config (8 steps per epoch) in WORKDIR and exits as the CLI does: 0,
@@ -81,6 +81,7 @@ def main() -> int:
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--hang-in-save", type=int)
     parser.add_argument("--fill-disk-before-save", type=int)
+    parser.add_argument("--evaluate", action="store_true", help="eval.after_training on")
     args = parser.parse_args()
     _install_hooks(args)
     config = small_config(
@@ -89,6 +90,7 @@ def main() -> int:
             "checkpoint.every_steps": args.every_steps,
             "checkpoint.every_seconds": args.every_seconds,
             "checkpoint.max_to_keep": args.keep,
+            "eval.after_training": args.evaluate,
         }
     )
     try:

@@ -201,8 +201,9 @@ def _data(args: argparse.Namespace, rest: list[str]) -> None:
 COMMANDS = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list, "data": _data}
 
 
-class _Terminated(Exception):
-    """SIGTERM before the training loop listens for it (it then saves a checkpoint)."""
+class _Terminated(BaseException):
+    """SIGTERM before the training loop listens for it (it then saves a checkpoint). A
+    BaseException, as KeyboardInterrupt is, so that no ``except Exception`` swallows it."""
 
 
 def _terminated(signum, frame) -> None:

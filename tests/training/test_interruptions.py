@@ -50,6 +50,23 @@ def test_stop_signal_saves_at_that_step_and_resume_is_bit_exact(tmp_path, refere
     _assert_resumes_to(workdir, reference)
 
 
+def test_a_stop_at_the_last_step_skips_the_evaluation_until_the_run_is_resumed(tmp_path, reference):
+    workdir = tmp_path / "run"
+    proc = start_worker(workdir, "--step-delay", "0.15", "--evaluate")
+    wait_for_line(proc, f"STEP {EPOCHS * STEPS_PER_EPOCH}")
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM at step 24 (epoch 3, 8/8 steps into it)" in err
+    assert not (workdir / "eval.json").exists()
+    rc, _, err = finish(start_worker(workdir, "--evaluate"))
+    assert rc == 0, err[-3000:]
+    assert (workdir / "eval.json").exists()
+    params = restore_run(workdir)[2].params
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("step", [5, 11, 20])
 def test_sigkill_at_a_step_then_resume_is_bit_exact(tmp_path, reference, step):
     workdir = tmp_path / "run"

@@ -119,7 +119,7 @@ def train(
                 _write_epoch(members, writers, histories, num_epochs)
         saver.save(step, state, sums, histories)  # a stop before the first step saves too
     _finish(members, writers, histories, num_epochs)
-    if len(histories[0]) < num_epochs:
+    if len(histories[0]) < num_epochs or pause.stopping:  # a stop in the last epoch skips eval
         raise _interrupted(pause.signum, step, spe)
     return histories
 
