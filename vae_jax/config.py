@@ -57,8 +57,8 @@ GENERAL: dict[str, Setting] = {
     # Training: Adam on the batch mean of the loss (nats per image); its learning rate and
     # schedule are in vae_jax.core.train_step.SETTINGS.
     "train.batch_size": Setting(100, POSITIVE_INT, "images per step, over all devices"),
-    "train.num_epochs": Setting(10, POSITIVE_INT, "epochs; raise it to train a run longer",
-                                resumable=True),
+    "train.num_epochs": Setting(10, POSITIVE_INT, "epochs; raise it to train a run longer "
+                                "(constant schedule)", resumable=True),
     "train.log_every_steps": Setting(50, POSITIVE_INT, "progress-bar updates", resumable=True),
     # Evaluation never changes what is trained: every eval key may change on resume.
     "eval.batch_size": Setting(1000, POSITIVE_INT, "test images per chunk", resumable=True),
@@ -443,15 +443,21 @@ def check_resumable(saved: Any, config: ml_collections.ConfigDict, workdir: Path
     source = f"{workdir / 'config.json'}"
     old, added = from_saved(saved, source)
     keys = settings()
+    fixed = {"train.num_epochs"} if config.train.schedule != "constant" else set()
     changed = {
         k: v
         for k, v in diff(to_json_dict(old), config).items()
-        if not (k in keys and keys[k].resumable)
+        if not (k in keys and keys[k].resumable) or k in fixed
     }
     if changed:
         lines = "\n".join(
             f"  {k}: {old!r} in the workdir, {new!r} now" for k, (old, new) in changed.items()
         )
+        if fixed & set(changed):
+            lines += (
+                f"\n  (train.num_epochs sets the length of the {config.train.schedule} "
+                "learning-rate schedule, so it may not change on resume)"
+            )
         resumable = [k for k, s in keys.items() if s.resumable and not k.startswith("eval.")]
         raise ConfigError(
             f"workdir {workdir} holds a run with a different config:\n{lines}\n"

@@ -248,6 +248,11 @@ def test_learning_rate_schedules():
     for i, start in enumerate(starts):
         assert float(staircase(start)) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-5)
     assert float(staircase(3279)) == pytest.approx(1e-3 * 10 ** (-1), rel=1e-5)
+    for total in (1, 10, 100, 1000):  # short runs, where early stages are shorter than a step
+        short = learning_rate_schedule(total, 1e-3, "staircase", 0)
+        assert float(short(total - 1)) == pytest.approx(1e-4, rel=1e-5), total
+        rates = [float(short(s)) for s in range(total)]
+        assert rates == sorted(rates, reverse=True) and rates[0] <= 1e-3
     cosine = learning_rate_schedule(100, 1e-3, "cosine", 10)
     assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(1e-3)
     assert float(cosine(55)) == pytest.approx(0.5e-3, rel=1e-3) and float(cosine(100)) < 1e-9
@@ -274,3 +279,12 @@ def test_a_scheduled_run_resumes_bit_exactly(tmp_path, data):
         jax.tree.leaves(_params(tmp_path / "constant"))[0],
         jax.tree.leaves(_params(tmp_path / "full"))[0],
     )
+    longer = small_config(
+        {"train.num_epochs": 4, "train.schedule": "staircase", "train.adam_eps": 1e-4}
+    )
+    before = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match=r"sets the length of the staircase learning-rate"):
+        train_and_evaluate(longer, tmp_path / "full", data)
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == before
+    train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "constant", data)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "constant" / "metrics.jsonl")] == [1, 2]

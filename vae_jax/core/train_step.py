@@ -74,9 +74,10 @@ def learning_rate_schedule(
     if schedule == "staircase":  # Burda et al. 2016: 3^i passes at 1e-3 * 10^(-i/7)
         weights = [3**i for i in range(STAIRCASE_STAGES)]
         ends = [round(total_steps * sum(weights[: i + 1]) / sum(weights)) for i in range(7)]
-        return optax.piecewise_constant_schedule(
-            learning_rate, {end: 10 ** (-1 / 7) for end in ends if end > 0}
-        )
+        scales: dict[int, float] = {}  # stages shorter than a step: their drops add up
+        for end in ends:
+            scales[end] = scales.get(end, 1.0) * 10 ** (-1 / 7)
+        return optax.piecewise_constant_schedule(learning_rate, scales)
     if schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1)
