@@ -91,6 +91,39 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, args, env
     assert list(tmp_path.iterdir()) == []  # no workdir, nothing in the data dir either
 
 
+BROKEN_EXPERIMENTS = {
+    "syntax": ("def get_config(:\n", "SyntaxError: invalid syntax ({path}, line 1)"),
+    "name": (
+        "def get_config():\n    return undefined_name\n",
+        "NameError: name 'undefined_name' is not defined (File \"{path}\", line 2)",
+    ),
+    "import": ("import not_a_module\n", "No module named 'not_a_module' (File \"{path}\", line 1)"),
+    "type": (
+        "from vae_jax.config import base_config\n"
+        "def get_config():\n    c = base_config()\n    c.train.num_epochs = '10'\n    return c\n",
+        "TypeError: Could not override field 'num_epochs'",
+    ),
+    "nested": (
+        "from vae_jax.config import load_experiment\n"
+        "def get_config():\n    return load_experiment('nope')\n",
+        "unknown experiment 'nope'; experiments in",
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_EXPERIMENTS))
+def test_a_broken_experiment_file_is_one_line_naming_its_line(tmp_path, broken):
+    text, message = BROKEN_EXPERIMENTS[broken]
+    path = tmp_path / "exp" / f"{broken}.py"
+    path.parent.mkdir()
+    path.write_text(text)
+    out = run_cli("train", f"--config={path}", "--workdir", str(tmp_path / "run"))
+    assert out.returncode == 2, out.stderr
+    assert message.format(path=path) in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
 def test_make_train_with_unknown_exp_lists_experiments(tmp_path):
     venv = Path(sys.executable).parent.parent
     out = subprocess.run(

@@ -173,3 +173,16 @@ def test_random_overrides_apply_or_fail_clearly(overrides):
 def test_random_command_lines_apply_or_fail_clearly(args):
     with contextlib.suppress(ConfigError):
         override(base_config(), args)
+
+
+def test_a_broken_model_file_is_one_line(tmp_path, monkeypatch):
+    from vae_jax import config as config_lib
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "typo.py").write_text("from vae_jax.core.models import architectur\n")
+    monkeypatch.setenv("VAE_JAX_EXPERIMENTS_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        config_lib.settings()
+    message = str(e.value)
+    assert message.startswith(f"cannot import the model file {tmp_path / 'models' / 'typo.py'}: ")
+    assert "ImportError: cannot import name 'architectur'" in message and "\n" not in message

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,15 +111,22 @@ def _import_user_models() -> None:
         if path in _imported:
             continue
         _imported.add(path)
-        spec = importlib.util.spec_from_file_location(f"vae_jax_user_models.{name}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise ConfigError(
-                f"cannot import the model file {path}: {type(e).__name__}: {e}"
-            ) from e
+        run_user_file(path, f"vae_jax_user_models.{name}", "the model file")
+
+
+def run_user_file(path: Path, module_name: str, what: str) -> Any:
+    """Import the user's Python file ``path`` as ``module_name``; an error in it (a typo, a
+    failing import) is a :class:`ConfigError` in one line that names the file."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"cannot import {what} {path}: {one_line(e)}") from None
+    return module
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -352,13 +360,36 @@ def _parse(
             raise ConfigError(
                 f"{source}: {match[1]}={match[2]!r} is invalid; expected {expected}"
             ) from None
-        raise ConfigError(f"{source}: {e}") from None
-    except (flags.Error, ValueError, TypeError, AttributeError, KeyError, OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{source}: {message}") from None
+        raise ConfigError(f"{source}: {one_line(e)}") from None
+    except Exception as e:  # an experiment file that does not run: its error, in one line
+        raise ConfigError(f"{source}: {one_line(e)}") from None
     if rest[1:]:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest[1:])}")
     return config
+
+
+def one_line(e: BaseException) -> str:
+    """An error raised while parsing flags or running a user's file (an experiment, a sweep, a
+    model), in one line: the innermost exception and the line of the user's file it came from
+    (ml_collections quotes the traceback of a failing ``get_config`` in its message)."""
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({e.filename}, line {e.lineno})"
+    here = str(Path(__file__).parent)
+
+    def users(file: str) -> bool:
+        return "site-packages" not in file and here not in file and not file.startswith("<")
+
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        where = [line.split(", in ")[0] for line in lines if line.startswith('File "')]
+        where = [w for w in where if users(w.split('"')[1])]
+        last = re.sub(r"^[\w.]*ConfigError: ", "", lines[-1])
+    else:
+        frames = traceback.extract_tb(e.__traceback__)
+        where = [f'File "{f.filename}", line {f.lineno}' for f in frames if users(f.filename)]
+        first = lines[0] if lines else ""
+        last = first if isinstance(e, flags.Error | ConfigError) else f"{type(e).__name__}: {first}"
+    return last + (f" ({where[-1]})" if where else "")
 
 
 def with_values(

@@ -131,3 +131,17 @@ def test_resnet_conv_impls_compute_the_same_network():
         out[impl] = (mean, model.apply({"params": params}, mean, method=VAE.decode))
     for a, b in zip(out["native"], out["space_to_depth"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_registry_refuses_a_name_or_key_taken_by_another_model():
+    from vae_jax.core.models import ARCHITECTURES, architecture
+    from vae_jax.core.settings import POSITIVE_INT, Setting
+
+    with pytest.raises(ValueError, match=r"model.arch='conv' is already registered by .*conv_vae"):
+        architecture("conv")(lambda image_shape, latent_dim: None)
+    with pytest.raises(ValueError, match=r"model.resnet_blocks is declared by model.arch='resnet'"):
+        architecture("other", {"resnet_blocks": Setting(3, POSITIVE_INT, "mine")})(lambda s, d: 0)
+    assert "other" not in ARCHITECTURES
+    build = ARCHITECTURES["conv"].build
+    architecture("conv", ARCHITECTURES["conv"].settings)(build)  # a module imported twice
+    assert ARCHITECTURES["conv"].build is build

@@ -161,6 +161,21 @@ def architecture(name: str, settings: dict[str, Setting] | None = None) -> Calla
     cannot take."""
 
     def register(build: Callable[..., VAE]) -> Callable[..., VAE]:
+        def origin(fn: Callable) -> str:
+            return f"{fn.__module__}.{fn.__qualname__}"
+
+        if name in ARCHITECTURES and origin(ARCHITECTURES[name].build) != origin(build):
+            raise ValueError(
+                f"model.arch={name!r} is already registered by "
+                f"{origin(ARCHITECTURES[name].build)}; give {origin(build)} another name"
+            )
+        for key, setting in (settings or {}).items():
+            for other_name, other in ARCHITECTURES.items():
+                if other_name != name and other.settings.get(key, setting) != setting:
+                    raise ValueError(
+                        f"model.{key} is declared by model.arch={other_name!r} with another "
+                        f"default or meaning; give {name!r}'s key another name"
+                    )
         ARCHITECTURES[name] = Architecture(build, dict(settings or {}), inspect.getdoc(build) or "")
         return build
 

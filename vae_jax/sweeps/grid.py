@@ -13,7 +13,6 @@ values are added to the grid; ``seed`` is always part of the grid (default: the 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,13 +49,17 @@ def available_sweeps(directory: Path | None = None) -> list[str]:
 def load_sweep_spec(name: str) -> tuple[str, dict]:
     """``(sweep name, get_sweep())`` of a sweep (a name in ``experiments/sweeps/`` or a path)."""
     path = config_lib.find_file(name, sweeps_dir(), "sweep")
-    spec = importlib.util.spec_from_file_location(f"vae_jax_sweep_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_lib.run_user_file(path, f"vae_jax_sweep_{path.stem}", "the sweep file")
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"sweep file {path} has no get_sweep() function")
-    return path.stem, module.get_sweep()
+    try:
+        return path.stem, module.get_sweep()
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"sweep file {path}: get_sweep() failed: {config_lib.one_line(e)}"
+        ) from None
 
 
 def _format_value(value: Any) -> str:
@@ -89,6 +92,11 @@ def expand(name: str, spec: dict, overrides: Sequence[str] = ()) -> Sweep:
             f"{source}: get_sweep() must return a dict with 'experiment', 'grid' and optionally "
             f"'overrides' (got {sorted(spec) if isinstance(spec, dict) else type(spec).__name__})"
         )
+    for part in ("grid", "overrides"):
+        if not isinstance(spec.get(part, {}), dict):
+            raise ConfigError(
+                f"{source}: {part!r} must be a dict of config keys, got {spec[part]!r}"
+            )
     experiment = spec.get("experiment", "")
     base = config_lib.load_experiment(experiment)
     grid = dict(spec["grid"])
