@@ -1,6 +1,7 @@
-"""Every damaged input a user can meet gives one clear line, a non-zero exit (2: bad input), no
-traceback, and writes or overwrites nothing: a damaged TFDS data dir, a damaged config.json, a
-missing checkpoint step, an unwritable workdir, multi-process flags that cannot make a run."""
+"""Every damaged input a user can meet gives one clear line, a non-zero exit (2: bad input; 1: a
+checkpoint that cannot be read), no traceback, and writes or overwrites nothing: a damaged TFDS
+data dir, a damaged config.json, a missing or damaged checkpoint step, an unwritable workdir,
+multi-process flags that cannot make a run."""
 
 import json
 import shutil
@@ -112,6 +113,21 @@ def test_eval_of_a_missing_step_lists_the_steps(tmp_path, trained):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "has no checkpoint at step 999; steps there: 12" in out.stderr
     assert _snapshot(trained) == before
+
+
+def test_eval_of_a_damaged_step_says_so(tmp_path, trained):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    for f in (workdir / "checkpoints" / "12").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1000:  # the arrays' files, not the metadata
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    before = _snapshot(workdir)
+    out = run_cli("eval", "mnist_z20", "--workdir", str(workdir), "--step", "12")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]  # as any
+    # checkpoint that fails to read or write
+    assert f"checkpoint {workdir / 'checkpoints' / '12'} cannot be read (" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert _snapshot(workdir) == before
 
 
 def test_eval_into_an_unwritable_workdir_writes_nothing(tmp_path, trained):

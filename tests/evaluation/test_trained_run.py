@@ -1,6 +1,7 @@
 """vae_jax.load_run: a trained run in a notebook, against what training logged and evaluated."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -9,6 +10,7 @@ from conftest import small_config, synthetic_dataset
 
 import vae_jax
 from vae_jax.errors import ConfigError, DataError
+from vae_jax.outputs.metrics import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -95,5 +97,25 @@ def test_the_nll_curve_of_a_run(trained, mnist_dir):
     saved = json.loads((workdir / "curve.json").read_text())
     assert [p["epoch"] for p in saved["points"]] == [1, 2]
     minutes = [p["cpu_minutes"] for p in saved["points"]]
+    history = read_jsonl(workdir / "metrics.jsonl")
+    per_core = np.cumsum([r["cpu_seconds"] / r["cpu_cores"] for r in history]) / 60
+    np.testing.assert_allclose(minutes, per_core[:2], rtol=1e-12)
     assert 0 < minutes[0] < minutes[1]
+    last = saved["points"][-1]
+    run = vae_jax.load_run(workdir, last["step"])
+    bounds = run.iwae(vae_jax.load_data(run.config.data).test_images[:20], k=4)
+    assert last["iwae_nll"] == pytest.approx(-bounds.mean(), rel=1e-12)
     assert (workdir / "figures" / "nll_vs_cpu_minutes.png").stat().st_size > 10_000
+
+
+def test_the_nll_curve_needs_kept_checkpoints(tmp_path, trained, capsys):
+    from vae_jax.evaluation import curve
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    (workdir / "curve.json").unlink(missing_ok=True)  # another test's
+    for step in (workdir / "checkpoints").iterdir():
+        shutil.rmtree(step)
+    assert curve.main([str(workdir), "--k", "4", "--images", "20"]) == 2
+    assert "keeps no checkpoint of a finished epoch" in capsys.readouterr().err
+    assert not (workdir / "curve.json").exists()

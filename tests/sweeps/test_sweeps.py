@@ -2,6 +2,7 @@
 a rerun trains nothing), and runs trained together under jax.vmap equal runs trained alone."""
 
 import csv
+import math
 import textwrap
 
 import jax
@@ -87,6 +88,26 @@ def test_bad_grid_fails_at_once_and_writes_nothing(tmp_path, grid, message):
         sweep_lib.run_sweep(path, root=root)
     assert message in str(e.value)
     assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("def get_sweep(:\n", "cannot import the sweep file .*SyntaxError: invalid syntax"),
+        ("def get_sweep():\n    return grid\n", r"get_sweep\(\) failed: NameError: name 'grid'"),
+        ("def get_sweep():\n    return {'grid': [1]}\n", "'grid' must be a dict"),
+        (
+            "def get_sweep():\n    return {'grid': {'seed': [0]}, 'overrides': 3}\n",
+            "'overrides' must be a dict",
+        ),
+    ],
+)
+def test_a_broken_sweep_file_is_a_config_error(tmp_path, text, message):
+    path = tmp_path / "broken.py"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        sweep_lib.run_sweep(str(path), root=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_other_bad_input(tmp_path):
@@ -285,3 +306,23 @@ def test_the_summary_follows_the_grid_keys_and_averages_only_seeds(tmp_path):
                 assert mean == pytest.approx(want) and std == pytest.approx(np.std([0, 1], ddof=1))
     for png in ("elbo_vs_beta.png", "rate_distortion.png", "reconstructions_epoch_01.png"):
         assert (root / png).stat().st_size > 10_000, png
+
+
+def test_the_summary_takes_eval_json_only_of_the_last_step(tmp_path):
+    """A point trained further after it was evaluated: its stale eval.json (step 2, not 4) is
+    not its result; the last epoch's logged numbers are."""
+    import json
+
+    from vae_jax.sweeps import summary
+
+    sweep = expand(
+        *load_sweep_spec(_write_sweep(tmp_path, {"seed": [0, 1]}, {"train.num_epochs": 1}))
+    )
+    root = tmp_path / "out"
+    for p in sweep.points:
+        _fake_point(root, p, 90.0)
+    stale = root / sweep.points[1].name / "eval.json"
+    stale.write_text(json.dumps({"step": 2, "test_neg_elbo_nats": 120.0, "iwae_nll_nats": 110.0}))
+    rows = summary.collect(root, sweep)
+    assert [r["test_neg_elbo_nats"] for r in rows] == [90.0, 90.0]
+    assert math.isnan(rows[1]["iwae_nll_nats"])

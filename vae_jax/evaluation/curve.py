@@ -6,21 +6,20 @@
 Each epoch's checkpoint (of those kept; every ``--every``-th) is bounded with ``--k`` samples on
 the first ``--images`` test images; the x-axis is the CPU time of the training process up to
 that epoch (``cpu_seconds`` of metrics.jsonl, all cores), in minutes of the whole machine
-(CPU seconds / cores / 60). Writes ``curve.json`` and ``figures/nll_vs_cpu_minutes.png`` in the
+(CPU seconds / the cores it could use, recorded per epoch, / 60). Writes ``curve.json`` and ``figures/nll_vs_cpu_minutes.png`` in the
 run's folder; the test -ELBO of every epoch is drawn too.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from vae_jax.atomic_io import write_json
-from vae_jax.errors import VaeJaxError
+from vae_jax.errors import ConfigError, VaeJaxError
 
 
 def measure(workdir: Path, k: int, images: int, every: int) -> dict:
@@ -28,12 +27,18 @@ def measure(workdir: Path, k: int, images: int, every: int) -> dict:
     from vae_jax import data as data_lib
     from vae_jax.evaluation.trained_run import load_run
     from vae_jax.outputs.checkpoints import Checkpointer
-    from vae_jax.outputs.metrics import read_jsonl
+    from vae_jax.outputs.metrics import cpu_cores, read_jsonl
 
     history = read_jsonl(workdir / "metrics.jsonl")
-    cores = os.cpu_count() or 1
-    minutes = np.cumsum([r.get("cpu_seconds", 0.0) for r in history]) / cores / 60
+    cores = [r.get("cpu_cores", cpu_cores()) for r in history]  # older runs: this machine's
+    seconds = [r.get("cpu_seconds", 0.0) for r in history]
+    minutes = np.cumsum(np.divide(seconds, cores)) / 60
     steps = set(Checkpointer.steps_in(workdir / "checkpoints"))
+    if not any(r["step"] in steps for r in history):
+        raise ConfigError(
+            f"{workdir} keeps no checkpoint of a finished epoch; train with a larger "
+            "checkpoint.max_to_keep to draw the curve"
+        )
     run = load_run(workdir)
     test = data_lib.load_dataset(run.config.data).test_images[:images]
     points = []
@@ -56,7 +61,7 @@ def measure(workdir: Path, k: int, images: int, every: int) -> dict:
         {"epoch": r["epoch"], "cpu_minutes": float(m), "test_neg_elbo": r["test_neg_elbo_nats"]}
         for r, m in zip(history, minutes, strict=True)
     ]
-    return {"k": k, "images": len(test), "cores": cores, "points": points, "epochs": epochs}
+    return {"k": k, "images": len(test), "cores": max(cores), "points": points, "epochs": epochs}
 
 
 def plot(curve: dict, path: Path, title: str, references: list[tuple[float, str]]) -> None:
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", nargs=2, action="append", default=[],
                         metavar=("NATS", "LABEL"))  # fmt: skip
     args = parser.parse_args(argv)
+    if min(args.k, args.images, args.every) < 1:
+        parser.error("--k, --images and --every must be positive")
     try:
         curve = measure(args.workdir, args.k, args.images, args.every)
     except VaeJaxError as e:

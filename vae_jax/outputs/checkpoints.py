@@ -185,7 +185,13 @@ class Checkpointer:
     def restore(self, step: int, like_for: Callable[[dict], Any]) -> Restored:
         """Checkpoint ``step``, verified against its sha256. ``like_for(meta)`` gives the
         shapes, dtypes and shardings to restore into."""
-        state, meta = self._restore(step, like_for(self.restore_meta(step)))
+        try:
+            state, meta = self._restore(step, like_for(self.restore_meta(step)))
+        except Exception as e:  # Orbax, JSON, missing files: all say the same to the user
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} cannot be read ({_short(e)}); it is "
+                "damaged or was rotated away while it was read"
+            ) from e
         if tree_sha256(state) != meta["sha256"]:
             raise CheckpointError(f"checkpoint {step}: its arrays do not match their sha256")
         return Restored(step, state, meta)

@@ -6,6 +6,7 @@ Every file is written atomically (see :mod:`vae_jax.atomic_io`). Only process 0 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from collections.abc import Sequence
@@ -96,3 +97,10 @@ def peak_host_memory_bytes() -> int:
     """The peak resident memory of this process so far."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS says it, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

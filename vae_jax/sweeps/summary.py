@@ -67,6 +67,8 @@ def _row(path: Path, point, names: dict[str, str]) -> dict | None:
     ev = {}
     if (path / "eval.json").exists():
         ev = json.loads((path / "eval.json").read_text())
+        if ev.get("step") != last["step"]:  # of an earlier checkpoint: not this run's result
+            ev = {}
     wall = sum(r["train_seconds"] + r["eval_seconds"] + r["compile_seconds"] for r in history)
     return {
         "point": point.name,

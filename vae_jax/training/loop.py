@@ -44,7 +44,7 @@ from vae_jax.errors import NonFiniteError, TrainingInterrupted
 from vae_jax.evaluation.evaluators import make_test_evaluator
 from vae_jax.outputs import plots
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
-from vae_jax.outputs.metrics import MetricsWriter
+from vae_jax.outputs.metrics import MetricsWriter, cpu_cores
 from vae_jax.outputs.workdir import Workdir, is_writer
 from vae_jax.training.stopping import Pause, StopRequest
 
@@ -233,6 +233,7 @@ def _end_epoch(
                 "eval_seconds": eval_seconds,
                 "compile_seconds": clock.compile_seconds,
                 "cpu_seconds": clock.cpu_seconds,
+                "cpu_cores": cpu_cores(),
                 "devices": trainer.devices,
                 "models_together": group.size,
                 "time": time.time(),
