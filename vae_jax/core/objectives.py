@@ -242,17 +242,26 @@ def _log_weights_at(model, params, x, z, mean, std, log_lik, stop_q: bool):
     """``[B, K]`` log weights at latents ``z [B, K, d]`` of q = N(mean, std^2), and the mean
     reconstruction term; ``stop_q``: the decoder's parameters and q's parameters in its density
     are constants (the path derivative through ``z`` alone, for DReG)."""
-    b, k, d = z.shape
     dec = jax.tree.map(jax.lax.stop_gradient, params) if stop_q else params
     if stop_q:
         mean, std = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(std)
-    logits = model.apply({"params": dec}, z.reshape(b * k, d), method=VAE.decode)
-    x_rep = jnp.broadcast_to(x[:, None], (b, k, *x.shape[1:])).reshape(b * k, *x.shape[1:])
-    log_px = log_lik(logits, x_rep).reshape(b, k)
+    log_px = _log_px(model, dec, x, z, log_lik)
     log_q = jnp.sum(-0.5 * jnp.square((z - mean[:, None]) / std[:, None])
                     - jnp.log(std)[:, None] - 0.5 * LOG_2PI, axis=-1)  # fmt: skip
-    log_p = jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI, axis=-1)
-    return log_px + log_p - log_q, -jnp.mean(log_px)
+    return log_px + _log_prior(z) - log_q, -jnp.mean(log_px)
+
+
+def _log_px(model: VAE, params: dict, x: jax.Array, z: jax.Array, log_lik: LogLikelihood):
+    """``[B, K]`` log p(x_b | z_bk) of images ``x [B, ...]`` at latents ``z [B, K, d]``."""
+    b, k, d = z.shape
+    logits = model.apply({"params": params}, z.reshape(b * k, d), method=VAE.decode)
+    x_rep = jnp.broadcast_to(x[:, None], (b, k, *x.shape[1:])).reshape(b * k, *x.shape[1:])
+    return log_lik(logits, x_rep).reshape(b, k)
+
+
+def _log_prior(z: jax.Array) -> jax.Array:
+    """log N(z | 0, I), summed over the last axis."""
+    return jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI, axis=-1)
 
 
 def _decoder_only_bound(model, params, x, z, mean, std, log_lik, k) -> jax.Array:
@@ -282,14 +291,10 @@ def log_weights(
     log_lik: LogLikelihood,
     noise_scale: float,
 ) -> jax.Array:
-    """``[B, K]`` log importance weights of images ``x [B, ...]`` for noise ``eps [B, K, z]``."""
-    variables = {"params": params}
-    mean, logvar = model.apply(variables, x, method=VAE.encode)
+    """``[B, K]`` log importance weights of images ``x [B, ...]`` for noise ``eps [B, K, z]``
+    (log q from ``eps`` itself: the same value as training's, without the division)."""
+    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
     logstd = 0.5 * sampled_logvar(logvar, noise_scale)
     z = mean[:, None] + jnp.exp(logstd)[:, None] * eps
     log_q = jnp.sum(-0.5 * jnp.square(eps) - logstd[:, None] - 0.5 * LOG_2PI, axis=-1)
-    log_p = jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI, axis=-1)
-    b, k = eps.shape[:2]
-    logits = model.apply(variables, z.reshape(b * k, -1), method=VAE.decode)
-    x_rep = jnp.broadcast_to(x[:, None], (b, k, *x.shape[1:])).reshape(b * k, *x.shape[1:])
-    return log_lik(logits, x_rep).reshape(b, k) + log_p - log_q
+    return _log_px(model, params, x, z, log_lik) + _log_prior(z) - log_q

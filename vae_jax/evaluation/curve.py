@@ -5,9 +5,10 @@
 
 Each epoch's checkpoint (of those kept; every ``--every``-th) is bounded with ``--k`` samples on
 the first ``--images`` test images; the x-axis is the CPU time of the training process up to
-that epoch (``cpu_seconds`` of metrics.jsonl, all cores), in minutes of the whole machine
-(CPU seconds / the cores it could use, recorded per epoch, / 60). Writes ``curve.json`` and ``figures/nll_vs_cpu_minutes.png`` in the
-run's folder; the test -ELBO of every epoch is drawn too.
+that epoch (``cpu_seconds`` of metrics.jsonl, all its threads) divided by the cores it could
+use (``cpu_cores``, recorded per epoch): minutes of the whole machine. Writes ``curve.json``
+and ``figures/nll_vs_cpu_minutes.png`` in the run's folder; the test -ELBO of every epoch is
+drawn too.
 """
 
 from __future__ import annotations
