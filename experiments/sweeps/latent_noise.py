@@ -5,8 +5,8 @@ Bernoulli likelihood, 10 epochs): 5 latent sizes x 3 noise scales, one seed.
 
 Writes runs/sweeps/latent_noise/<point>/ (one run each, as make train writes it) and, in
 runs/sweeps/latent_noise/, summary.csv, summary.md, elbo_vs_latent.png, rate_distortion.png and
-reconstructions.png. Rerunning skips finished points and resumes the others. Add seeds with a
-"seed" entry in the grid, e.g. [0, 1, 2] (error bars in elbo_vs_latent.png).
+reconstructions_epoch_01.png / _09.png. Rerunning skips finished points and resumes the others.
+Add seeds with a "seed" entry in the grid, e.g. [0, 1, 2] (error bars in elbo_vs_latent.png).
 
 The IWAE bound (k=100) runs on the first 2,000 test images to keep the sweep short; the test
 -ELBO uses all 10,000.

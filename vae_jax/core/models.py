@@ -8,7 +8,8 @@ term is stable in ``logvar``. A decoder maps latents ``[B, latent_dim]`` to pixe
 
 An architecture is a function ``(image_shape, latent_dim, **its settings) -> VAE`` registered
 with :func:`architecture`, which also declares its own config keys (``model.<key>``); a file in
-``experiments/models/`` can register one without touching this package (README, "Extend").
+``experiments/models/`` can register one without touching this package (README, "Your own
+model").
 """
 
 from __future__ import annotations

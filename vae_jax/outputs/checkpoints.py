@@ -1,9 +1,9 @@
 """Verified Orbax checkpoints of the training loop's state, with fallback past damaged ones.
 
 Each checkpoint is a step folder in ``<workdir>/checkpoints`` holding two items: ``state`` (a
-pytree: the :class:`~vae_jax.training.loop.TrainState` and the running sums of the epoch's metrics)
-and ``meta`` (JSON: epoch, step, image shape, the per-epoch metrics history, and the sha256 of
-the state's bytes).
+pytree: the :class:`~vae_jax.core.train_step.TrainState` and the running sums of the epoch's
+metrics) and ``meta`` (JSON: epoch, step, image shape, the per-epoch metrics history, and the
+sha256 of the state's bytes).
 
 Guarantees:
 
