@@ -295,3 +295,10 @@ def latent_stats(
     var = np.exp(logvar)
     rate = 0.5 * (np.square(mean) + var - logvar - 1.0)
     return LatentStats(mean, np.sqrt(var), rate.mean(axis=0), mean.var(axis=0))
+
+
+def decoder_means(model: VAE) -> Callable[[dict, jax.Array], jax.Array]:
+    """Jitted ``(params, z) ->`` the decoder's pixel means in (0, 1), ``[B, H, W, C]``."""
+    return jax.jit(
+        lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
+    )

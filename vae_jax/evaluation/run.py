@@ -29,6 +29,7 @@ from vae_jax.errors import ConfigError, DataError
 from vae_jax.evaluation.evaluators import (
     ACTIVE_UNIT_THRESHOLD,
     LatentStats,
+    decoder_means,
     iwae_bound,
     latent_stats,
     make_test_evaluator,
@@ -159,9 +160,7 @@ def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path, s
 
 def _decoder(model: VAE, params: dict):
     """``z -> `` decoder means in [0, 1], as numpy."""
-    fn = jax.jit(
-        lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
-    )
+    fn = decoder_means(model)
     return lambda z: np.asarray(fn(params, jnp.asarray(z, jnp.float32)))
 
 

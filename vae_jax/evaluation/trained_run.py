@@ -96,9 +96,7 @@ class TrainedRun:
             "noise_scale": m.noise_scale,
         }
         self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VAE.encode))
-        self._decode = jax.jit(
-            lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
-        )
+        self._decode = evaluators.decoder_means(model)
 
     def _images(self, images) -> np.ndarray:
         images = data_lib.as_uint8(images, "images")
