@@ -286,7 +286,7 @@ def plot_reconstructions(root: Path, sweep: Sweep, layout: Layout, epoch: int, p
         ax.set_frame_on(False)
     fig.suptitle(f"Sweep {sweep.name}: test reconstructions after epoch {epoch}", fontsize=10)
     fig.tight_layout()
-    plots.save_figure(fig, path)
+    plots.save_figure(fig, path, tight=True)  # the labels and title of a single column
 
 
 def write_summary(root: Path, sweep: Sweep) -> str:
