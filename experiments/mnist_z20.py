@@ -11,9 +11,12 @@ Differences from the seed: the stddev head is a log-variance (the seed's raw std
 negative), the 60k TFDS train split (600 steps/epoch; the seed used 55k), and the figure shows
 64 test images.
 
-Expected on 2 CPU cores (AVX2), measured with the command above: 33-40 s per epoch
+Expected on 2 AMD EPYC cores (AVX2), measured with the command above: 33-40 s per epoch
 (1,500-1,850 images/s), 6.5-7.5 min in all. Test -ELBO (nats/image; identical bit for bit
 across runs on one machine): 120.82 after epoch 1, 102.23 after epoch 9, 101.74 after epoch 10.
+On 2 Intel Xeon cores (AVX-512), 2026-11-25: ~6.6 s per epoch (~9,100 images/s), ~2.5 min in
+all with the evaluation; test -ELBO 120.94 / 102.23 / 101.70 after epochs 1 / 9 / 10 (float
+sums differ in the last digits between CPUs), IWAE k=100 NLL bound 97.11 +- 0.23 nats.
 Writes figures/reconstructions.png (epoch 1, epoch 9, originals).
 
 The evaluation after training (IWAE k=100 on all 10k test images, ~3 min): IWAE NLL bound
