@@ -83,7 +83,12 @@ class Terms(NamedTuple):
 
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
-    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0, axis=-1)
+    return 0.5 * jnp.sum(_twice_kl_per_dim(mean, logvar), axis=-1)
+
+
+def _twice_kl_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """2 KL of each latent dimension: mean^2 + var - log var - 1."""
+    return jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0
 
 
 def _sum_pixels(v: jax.Array) -> jax.Array:
@@ -134,15 +139,21 @@ def elbo_terms(
     noise_scale: float | jax.Array,
 ) -> Terms:
     """Encode ``x``, draw one z per image with ``key``, decode, and return the terms."""
-    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
-    z = mean + noise_scale * jnp.exp(0.5 * logvar) * eps
-    logits = model.apply({"params": params}, z, method=VAE.decode)
+    mean, logvar, logits = _encode_sample_decode(model, params, x, key, noise_scale)
     return Terms(
         recon=-log_lik(logits, x),
         kl_objective=gaussian_kl(mean, logvar),
         kl=gaussian_kl(mean, sampled_logvar(logvar, noise_scale)),
     )
+
+
+def _encode_sample_decode(model, params, x, key, noise_scale):
+    """q's mean and log-variance of ``x``, and the decoder's logits at one z = mean +
+    noise_scale * stddev * eps per image (the reparameterization trick), eps drawn with ``key``."""
+    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
+    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    z = mean + noise_scale * jnp.exp(0.5 * logvar) * eps
+    return mean, logvar, model.apply({"params": params}, z, method=VAE.decode)
 
 
 def training_loss(
@@ -204,11 +215,9 @@ def _weighted_elbo_loss(model, params, x, key, step, noise_scale, *, log_lik, be
                         free_bits):  # fmt: skip
     """recon + kl_weight(step) * KL, the KL of each latent dimension (its batch mean) counted
     as at least ``free_bits`` nats (Kingma et al. 2016); the logged KL is the true one."""
-    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
-    z = mean + noise_scale * jnp.exp(0.5 * logvar) * eps
-    recon = jnp.mean(-log_lik(model.apply({"params": params}, z, method=VAE.decode), x))
-    kl_per_dim = jnp.mean(0.5 * (jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0), axis=0)
+    mean, logvar, logits = _encode_sample_decode(model, params, x, key, noise_scale)
+    recon = jnp.mean(-log_lik(logits, x))
+    kl_per_dim = jnp.mean(0.5 * _twice_kl_per_dim(mean, logvar), axis=0)
     kl = jnp.sum(kl_per_dim)
     penalized = jnp.sum(jnp.maximum(kl_per_dim, free_bits)) if free_bits else kl
     loss = recon + kl_weight(step, beta, warmup) * penalized
