@@ -66,8 +66,7 @@ def _trainer(config, dataset, models: int):
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.train.batch_size, mesh, "batch size")
     model = make_model(dataset.image_shape, **config.model)
-    steps = len(dataset.train_images) // config.train.batch_size * config.train.num_epochs
-    tx = optimizer_for(config, steps)
+    tx = optimizer_for(config, len(dataset.train_images))
     repl, group = parallel.replicated(mesh), Group(models)
     init = [functools.partial(init_state, s, model, tx, dataset.image_shape) for s in range(models)]
     state = group.join([jax.jit(f, out_shardings=repl)() for f in init])

@@ -291,10 +291,10 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         where = name
         train_x, train_y, test_x, test_y = load_arrays(name)
     else:
-        where = f"{name!r} in {resolve_data_dir(data_config)!r}"
-        prepare = auto_prepare(data_config)
-        train_x, train_y = load_split(name, "train", resolve_data_dir(data_config), prepare)
-        test_x, test_y = load_split(name, "test", resolve_data_dir(data_config), prepare)
+        data_dir, prepare = resolve_data_dir(data_config), auto_prepare(data_config)
+        where = f"{name!r} in {data_dir!r}"
+        train_x, train_y = load_split(name, "train", data_dir, prepare)
+        test_x, test_y = load_split(name, "test", data_dir, prepare)
         train_x, test_x = as_uint8(train_x, f"{name}/train"), as_uint8(test_x, f"{name}/test")
     if data_config.binarize == "static":
         train_x = static_binarize(train_x, data_config.binarize_seed, "train")

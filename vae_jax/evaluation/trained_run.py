@@ -24,9 +24,12 @@ from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
 
 
-def optimizer_for(config: ml_collections.ConfigDict, total_steps: int = 1):
-    """The run's optimizer (its schedule spread over ``total_steps``; for shapes, any)."""
-    return make_optimizer(total_steps, **config_lib.values(config, train_step.SETTINGS))
+def optimizer_for(config: ml_collections.ConfigDict, train_size: int | None = None):
+    """The run's optimizer, its schedule spread over the run's steps on ``train_size`` training
+    images (``None``: for the checkpoint's shapes only, any length will do)."""
+    t = config.train
+    steps = 1 if train_size is None else train_size // t.batch_size * t.num_epochs
+    return make_optimizer(steps, **config_lib.values(config, train_step.SETTINGS))
 
 
 def checkpoint_like_for(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[dict], dict]:

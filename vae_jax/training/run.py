@@ -163,8 +163,7 @@ def _train(
     for (_, restored), w in zip(newest, workdirs, strict=True):
         _check_images(dataset, restored, w)
     model = _model(config, dataset.image_shape)
-    steps = len(dataset.train_images) // config.train.batch_size * config.train.num_epochs
-    tx = optimizer_for(config, steps)
+    tx = optimizer_for(config, len(dataset.train_images))
     # --- nothing was written before this line (but the lock of an existing workdir) ---
     members = []
     for run, w, (checkpointer, restored) in zip(runs, workdirs, newest, strict=True):
