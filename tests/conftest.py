@@ -63,14 +63,14 @@ SMALL = {
 
 def small_config(values: dict | None = None):
     """The seed config shrunk for tests, with ``values`` ({dotted key: value}) set."""
-    from vae_jax.config import base_config, with_values
+    from vae_jax.config.keys import base_config, with_values
 
     return with_values(base_config(), {**SMALL, **(values or {})}, "test config")
 
 
 def synthetic_dataset(n_train: int = 256, n_test: int = 96, seed: int = 0):
     """Blurry random strokes, uint8 28x28x1: enough structure for a VAE to learn something."""
-    from vae_jax.data import Dataset
+    from vae_jax.data.images import Dataset
 
     rng = np.random.default_rng(seed)
 

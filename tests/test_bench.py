@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from vae_jax.config import base_config, load_experiment
+from vae_jax.config.experiments import load_experiment
+from vae_jax.config.keys import base_config
 from vae_jax.core import flops
 from vae_jax.core.models import make_model
 

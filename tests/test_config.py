@@ -6,28 +6,38 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vae_jax import config as config_lib
-from vae_jax.config import ConfigError, base_config, override
+from vae_jax.config import keys as config_keys
+from vae_jax.config.experiments import (
+    available_experiments,
+    experiment_path,
+    load_experiment,
+    override,
+    override_keys,
+)
+from vae_jax.config.keys import base_config, to_json_dict, validate
+from vae_jax.config.saved import diff, from_saved, to_saved
+from vae_jax.core.settings import flatten
+from vae_jax.errors import ConfigError
 
 
 def test_every_experiment_loads_and_validates():
-    names = config_lib.available_experiments()
+    names = available_experiments()
     assert {"mnist_z20", "mnist_mlp_z20"} <= set(names)
     for name in names:
-        config = config_lib.load_experiment(name)
-        config_lib.validate(config)
+        config = load_experiment(name)
+        validate(config)
 
 
 def test_every_experiment_docstring_has_command_time_and_metrics():
-    for name in config_lib.available_experiments():
-        text = config_lib.experiment_path(name).read_text()
+    for name in available_experiments():
+        text = experiment_path(name).read_text()
         doc = text.split('"""')[1]
         assert f"make train EXP={name}" in doc, name
         assert "min" in doc and "nats" in doc, name
 
 
 def test_mnist_z20_is_the_seed_setup():
-    c = config_lib.load_experiment("mnist_z20")
+    c = load_experiment("mnist_z20")
     assert (c.model.arch, c.model.latent_dim, c.model.likelihood, c.model.noise_scale) == (
         "conv",
         20,
@@ -39,23 +49,23 @@ def test_mnist_z20_is_the_seed_setup():
 
 
 def test_an_experiment_by_name_or_by_path_is_the_same_config():
-    path = config_lib.experiment_path("mnist_z20")
-    assert config_lib.load_experiment(str(path)) == config_lib.load_experiment("mnist_z20")
+    path = experiment_path("mnist_z20")
+    assert load_experiment(str(path)) == load_experiment("mnist_z20")
 
 
 def test_unknown_experiment_lists_the_available_ones():
     with pytest.raises(ConfigError, match=r"unknown experiment 'mnist_z2O'.*mnist_z20"):
-        config_lib.load_experiment("mnist_z2O")
+        load_experiment("mnist_z2O")
 
 
 def test_override_keys_both_forms():
-    assert config_lib.override_keys(["--config.model.latent_dim=10", "--config.seed", "3"]) == [
+    assert override_keys(["--config.model.latent_dim=10", "--config.seed", "3"]) == [
         "model.latent_dim",
         "seed",
     ]
     for bad in (["--lr=3"], ["3"], ["--config.seed=1", "3"]):
         with pytest.raises(ConfigError, match="unrecognized argument"):
-            config_lib.override_keys(bad)
+            override_keys(bad)
 
 
 def test_overrides_are_typed_by_the_default():
@@ -116,23 +126,23 @@ def test_bad_overrides_name_the_problem(key, value, message):
 
 
 def test_every_setting_has_a_valid_default_and_a_doc():
-    config_lib.validate(base_config())
-    for key, setting in config_lib.settings().items():
+    validate(base_config())
+    for key, setting in config_keys.settings().items():
         assert setting.check.accepts(setting.default) and setting.doc, key
 
 
 def test_diff_ignores_nothing_but_reports_changes():
-    saved = config_lib.to_json_dict(base_config())
+    saved = to_json_dict(base_config())
     changed = override(
         base_config(), ["--config.model.latent_dim=5", "--config.train.num_epochs=3"]
     )
-    assert config_lib.diff(saved, changed) == {
+    assert diff(saved, changed) == {
         "model.latent_dim": (20, 5),
         "train.num_epochs": (10, 3),
     }
 
 
-KEYS = sorted(config_lib.flatten(base_config()))
+KEYS = sorted(flatten(base_config()))
 VALUES = st.one_of(
     st.text(max_size=12),
     st.integers(-(2**70), 2**70).map(str),
@@ -156,8 +166,8 @@ def test_random_overrides_apply_or_fail_clearly(overrides):
     except ConfigError as e:
         assert str(e)
         return
-    config_lib.validate(config)
-    assert config_lib.from_saved(config_lib.to_saved(config), "test")[0] == config
+    validate(config)
+    assert from_saved(to_saved(config), "test")[0] == config
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,13 +186,12 @@ def test_random_command_lines_apply_or_fail_clearly(args):
 
 
 def test_a_broken_model_file_is_one_line(tmp_path, monkeypatch):
-    from vae_jax import config as config_lib
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "typo.py").write_text("from vae_jax.core.models import architectur\n")
     monkeypatch.setenv("VAE_JAX_EXPERIMENTS_DIR", str(tmp_path))
     with pytest.raises(ConfigError) as e:
-        config_lib.settings()
+        config_keys.settings()
     message = str(e.value)
     assert message.startswith(f"cannot import the model file {tmp_path / 'models' / 'typo.py'}: ")
     assert "ImportError: cannot import name 'architectur'" in message and "\n" not in message

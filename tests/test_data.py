@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import data
-from vae_jax.config import base_config
+from vae_jax.config.keys import base_config
 from vae_jax.core import pixels
+from vae_jax.data import datasets, tfds_prepare, tfds_reader
+from vae_jax.data import images as image_arrays
+from vae_jax.errors import DataError
 
 # Label counts of the MNIST database (LeCun et al.), train and test.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -32,7 +34,7 @@ def test_mnist_from_tfds_matches_the_idx_files(mnist_dir):
         ("train", "train", TRAIN_COUNTS),
         ("test", "t10k", TEST_COUNTS),
     ):
-        images, labels = data.load_split("mnist", split, mnist_dir)
+        images, labels = tfds_reader.load_split("mnist", split, mnist_dir)
         assert images.shape == (len(labels), 28, 28, 1) and images.dtype == np.uint8
         assert labels.dtype == np.int32
         assert np.bincount(labels).tolist() == counts
@@ -53,15 +55,15 @@ def test_mnist_from_tfds_matches_the_idx_files(mnist_dir):
 
 
 def test_cache_is_used_and_damage_is_detected(mnist_dir, monkeypatch, capsys):
-    images, labels = data.load_split("mnist", "test", mnist_dir)  # decodes or reads the cache
-    cached = list(data.cache_dir().glob("mnist-*-test-*.npz"))
+    images, labels = tfds_reader.load_split("mnist", "test", mnist_dir)  # decodes, or the cache
+    cached = list(tfds_prepare.cache_dir().glob("mnist-*-test-*.npz"))
     assert len(cached) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(data, "_decode", no_decoding)
-    again, _ = data.load_split("mnist", "test", mnist_dir)
+    monkeypatch.setattr(tfds_reader, "_decode", no_decoding)
+    again, _ = tfds_reader.load_split("mnist", "test", mnist_dir)
     np.testing.assert_array_equal(again, images)
 
     # Corrupt the cached arrays (keep the zip valid): the checksum must catch it.
@@ -71,19 +73,19 @@ def test_cache_is_used_and_damage_is_detected(mnist_dir, monkeypatch, capsys):
     arrays["images"][0, 0, 0, 0] ^= 1
     np.savez(cached[0], **arrays)
     monkeypatch.undo()
-    rebuilt, rebuilt_labels = data.load_split("mnist", "test", mnist_dir)
+    rebuilt, rebuilt_labels = tfds_reader.load_split("mnist", "test", mnist_dir)
     assert "fails its checksum" in capsys.readouterr().err
     np.testing.assert_array_equal(rebuilt, images)
     np.testing.assert_array_equal(rebuilt_labels, labels)
 
     cached[0].write_bytes(b"truncated")
-    np.testing.assert_array_equal(data.load_split("mnist", "test", mnist_dir)[0], images)
+    np.testing.assert_array_equal(tfds_reader.load_split("mnist", "test", mnist_dir)[0], images)
     assert "unreadable data cache" in capsys.readouterr().err
 
 
 def test_unprepared_data_dir_says_how_to_fix_it(tmp_path):
-    with pytest.raises(data.DataError) as e:
-        data.load_split("mnist", "train", str(tmp_path))
+    with pytest.raises(DataError) as e:
+        tfds_reader.load_split("mnist", "train", str(tmp_path))
     message = str(e.value)
     assert f"'mnist' is not prepared in '{tmp_path}'" in message
     assert "export TFDS_DATA_DIR=" in message and "python -m vae_jax data mnist" in message
@@ -92,37 +94,39 @@ def test_unprepared_data_dir_says_how_to_fix_it(tmp_path):
 
 
 def test_unknown_dataset_and_split(mnist_dir):
-    with pytest.raises(data.DataError, match="unknown TFDS dataset 'mnistt'"):
-        data.load_split("mnistt", "train", mnist_dir)
-    with pytest.raises(data.DataError, match="has no split 'validation'; it has train, test"):
-        data.load_split("mnist", "validation", mnist_dir)
+    with pytest.raises(DataError, match="unknown TFDS dataset 'mnistt'"):
+        tfds_reader.load_split("mnistt", "train", mnist_dir)
+    with pytest.raises(DataError, match="has no split 'validation'; it has train, test"):
+        tfds_reader.load_split("mnist", "validation", mnist_dir)
 
 
 def test_subsets_and_static_binarization(mnist_dir):
     config = base_config().data
     config.tfds_data_dir = mnist_dir
-    full = data.load_dataset(config)
+    full = datasets.load_dataset(config)
     config.train_size, config.test_size = 1000, 300
-    small = data.load_dataset(config)
+    small = datasets.load_dataset(config)
     np.testing.assert_array_equal(small.train_images, full.train_images[:1000])
     np.testing.assert_array_equal(small.test_labels, full.test_labels[:300])
 
     config.binarize = "static"
-    binary = data.load_dataset(config)
+    binary = datasets.load_dataset(config)
     assert set(np.unique(binary.train_images)) == {0, 255}
-    np.testing.assert_array_equal(binary.train_images, data.load_dataset(config).train_images)
+    np.testing.assert_array_equal(binary.train_images, datasets.load_dataset(config).train_images)
     # The fraction of ones matches the mean intensity (a Bernoulli sample of it).
     assert binary.train_images.mean() / 255 == pytest.approx(
         small.train_images.mean() / 255, abs=0.005
     )
     # Image i's bits do not depend on the subset size.
     config.train_size = 500
-    np.testing.assert_array_equal(data.load_dataset(config).train_images, binary.train_images[:500])
+    np.testing.assert_array_equal(
+        datasets.load_dataset(config).train_images, binary.train_images[:500]
+    )
     config.binarize_seed = 1
-    assert not np.array_equal(data.load_dataset(config).train_images, binary.train_images[:500])
+    assert not np.array_equal(datasets.load_dataset(config).train_images, binary.train_images[:500])
 
     config.binarize_seed, config.binarize = 0, "dynamic"
-    dynamic = data.load_dataset(config)
+    dynamic = datasets.load_dataset(config)
     np.testing.assert_array_equal(dynamic.train_images, small.train_images[:500])  # stays grayscale
     np.testing.assert_array_equal(dynamic.test_images, binary.test_images)  # test: fixed bits
 
@@ -170,18 +174,18 @@ def test_dynamic_binarize_is_fresh_per_key_and_unbiased():
 def test_malformed_custom_datasets_are_named(change, message):
     from conftest import synthetic_dataset
 
-    with pytest.raises(data.DataError, match=message):
-        data.check_dataset(change(synthetic_dataset(64, 32)), batch_size=32)
+    with pytest.raises(DataError, match=message):
+        image_arrays.check_dataset(change(synthetic_dataset(64, 32)), batch_size=32)
 
 
 def test_custom_dataset_errors_come_before_anything_is_written(tmp_path):
     from conftest import small_config, synthetic_dataset
 
-    from vae_jax.errors import ConfigError
+    from vae_jax.errors import ConfigError, DataError
     from vae_jax.training.run import train_and_evaluate
 
     bad = synthetic_dataset(64, 32)._replace(train_images=np.zeros((64, 28, 28), np.float64))
-    with pytest.raises(data.DataError, match="expected uint8 images"):
+    with pytest.raises(DataError, match="expected uint8 images"):
         train_and_evaluate(small_config(), tmp_path / "a", bad)
     odd = synthetic_dataset(64, 32)
     odd = odd._replace(
@@ -226,7 +230,7 @@ def test_an_npz_of_rgb_images_trains_the_conv_vae_and_draws_in_colour(tmp_path):
             assert im.mode == "RGB" and im.size == (8 * 34 + 2, 8 * 34 + 2)
     with Image.open(tmp_path / "run" / "figures" / "originals.png") as im:
         grid = np.asarray(im)
-    first = data.load_dataset(config.data).test_images[0]
+    first = datasets.load_dataset(config.data).test_images[0]
     np.testing.assert_array_equal(grid[2:34, 2:34], first)  # the image, colours as they were
     assert (tmp_path / "mine.npz").read_bytes() == before  # the user's data is only read
 
@@ -241,19 +245,19 @@ def test_an_npz_of_rgb_images_trains_the_conv_vae_and_draws_in_colour(tmp_path):
     ],
 )
 def test_pixel_ranges_are_detected(images, expected):
-    out = data.as_uint8(images, "test")
+    out = image_arrays.as_uint8(images, "test")
     assert out.dtype == np.uint8 and out.shape == (1, 2, 2, 1)
     np.testing.assert_array_equal(out[0, ..., 0], expected)
 
 
 def test_zero_one_uint8_data_is_not_divided_by_255(tmp_path):
     """binarized_mnist stores 0/1 as uint8: the model must see 0/1, not near-black images."""
-    from vae_jax.config import base_config, with_values
+    from vae_jax.config.keys import base_config, with_values
     from vae_jax.core.pixels import to_float
 
     bits = np.random.default_rng(0).integers(0, 2, (50, 8, 8), dtype=np.uint8)
     path = _npz(tmp_path / "bits.npz", bits, bits[:10])
-    dataset = data.load_dataset(with_values(base_config(), {"data.name": path}, "test").data)
+    dataset = datasets.load_dataset(with_values(base_config(), {"data.name": path}, "test").data)
     x = np.asarray(to_float(dataset.train_images))
     assert set(np.unique(x)) == {0.0, 1.0} and x.shape == (50, 8, 8, 1)
     np.testing.assert_array_equal(x[..., 0], bits)
@@ -283,33 +287,33 @@ def test_zero_one_uint8_data_is_not_divided_by_255(tmp_path):
 )
 def test_bad_arrays_are_named(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(data.DataError) as e:
-        data.load_arrays(str(tmp_path / "bad.npz"))
+    with pytest.raises(DataError) as e:
+        image_arrays.load_arrays(str(tmp_path / "bad.npz"))
     assert message in str(e.value)
 
 
 def test_a_dataset_that_cannot_fit_in_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
     path = _npz(tmp_path / "x.npz", np.zeros((100, 8, 8), np.uint8), np.zeros((10, 8, 8), np.uint8))
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(image_arrays, "_available_memory_bytes", lambda: 1000)
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("read although too large"))
-    with pytest.raises(data.DataError, match=r"twice over .* 0.0 GiB of memory are available"):
-        data.load_arrays(path)
+    with pytest.raises(DataError, match=r"twice over .* 0.0 GiB of memory are available"):
+        image_arrays.load_arrays(path)
 
 
 def test_a_missing_dataset_is_prepared_by_itself_only_in_tfds_default_dir(tmp_path, monkeypatch):
     from vae_jax.config import base_config
 
     prepared = []
-    monkeypatch.setattr(data, "prepare_tfds", lambda name, d: prepared.append((name, d)))
+    monkeypatch.setattr(tfds_reader, "prepare_tfds", lambda name, d: prepared.append((name, d)))
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
-    monkeypatch.delenv(data.AUTO_PREPARE_ENV, raising=False)
+    monkeypatch.delenv(tfds_prepare.AUTO_PREPARE_ENV, raising=False)
     config = base_config().data
-    assert data.auto_prepare(config)  # TFDS's default dir: prepare there
-    with pytest.raises(data.DataError, match="is not prepared"):  # our fake prepared nothing
-        data.load_split("mnist", "train", str(tmp_path), prepare=True)
+    assert tfds_prepare.auto_prepare(config)  # TFDS's default dir: prepare there
+    with pytest.raises(DataError, match="is not prepared"):  # our fake prepared nothing
+        tfds_reader.load_split("mnist", "train", str(tmp_path), prepare=True)
     assert prepared == [("mnist", str(tmp_path))]
-    monkeypatch.setenv(data.AUTO_PREPARE_ENV, "0")
-    assert not data.auto_prepare(config)
-    monkeypatch.delenv(data.AUTO_PREPARE_ENV)
+    monkeypatch.setenv(tfds_prepare.AUTO_PREPARE_ENV, "0")
+    assert not tfds_prepare.auto_prepare(config)
+    monkeypatch.delenv(tfds_prepare.AUTO_PREPARE_ENV)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # the user's own dir: never written
-    assert not data.auto_prepare(config)
+    assert not tfds_prepare.auto_prepare(config)

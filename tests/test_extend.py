@@ -22,7 +22,7 @@ EXPERIMENT = '''
 
     make train EXP=deep_random     # seconds; test -ELBO about 45 nats
 """
-from vae_jax.config import base_config
+from vae_jax.config.keys import base_config
 
 
 def get_config():

@@ -16,13 +16,13 @@ import importlib
 
 __version__ = "0.2.0"
 _EXPORTS = {
-    "get_config": ("vae_jax.config", "load_experiment"),
+    "get_config": ("vae_jax.config.experiments", "load_experiment"),
     "train": ("vae_jax.training.run", "train_and_evaluate"),
     "evaluate": ("vae_jax.evaluation.run", "evaluate"),
     "load_run": ("vae_jax.evaluation.trained_run", "load_run"),
     "TrainedRun": ("vae_jax.evaluation.trained_run", "TrainedRun"),
-    "load_data": ("vae_jax.data", "load_dataset"),
-    "Dataset": ("vae_jax.data", "Dataset"),
+    "load_data": ("vae_jax.data.datasets", "load_dataset"),
+    "Dataset": ("vae_jax.data.images", "Dataset"),
 }
 __all__ = [*_EXPORTS, "__version__"]
 

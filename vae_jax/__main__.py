@@ -22,7 +22,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from vae_jax import config as config_lib
+from vae_jax.config.experiments import available_experiments, experiment_path, load_experiment
+from vae_jax.config.keys import base_config, settings
 from vae_jax.errors import ConfigError, TrainingInterrupted, VaeJaxError
 
 OVERRIDES = "Override any config key: --config.model.latent_dim=10 --config.train.num_epochs=3"
@@ -135,7 +136,7 @@ def _workdir(args: argparse.Namespace) -> str | None:
 def _train(args: argparse.Namespace, rest: list[str]) -> None:
     experiment, overrides = _experiment(args, rest)
     workdir = _workdir(args)
-    config = config_lib.load_experiment(experiment, overrides)
+    config = load_experiment(experiment, overrides)
     multi = args.distributed or args.coordinator
     if not multi and (args.num_processes is not None or args.process_id is not None):
         raise ConfigError(
@@ -159,7 +160,7 @@ def _eval(args: argparse.Namespace, rest: list[str]) -> None:
         raise ConfigError("give the run to evaluate: an experiment name or --workdir")
     workdir = _workdir(args) or f"runs/{_name(args.experiment)}"
     if args.experiment and not Path(workdir).exists():  # then a wrong name is likelier
-        config_lib.experiment_path(args.experiment)
+        experiment_path(args.experiment)
     from vae_jax.evaluation.run import evaluate_run
 
     evaluate_run(workdir, rest, step=args.step)
@@ -176,12 +177,12 @@ def _list(args: argparse.Namespace, rest: list[str]) -> None:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
     if args.keys:
         print("| key | default | allowed | meaning |\n|---|---|---|---|")
-        for key, s in config_lib.settings().items():
+        for key, s in settings().items():
             print(f"| `{key}` | {s.default!r} | {s.check.expected} | {s.doc} |")
         return
     from vae_jax.sweeps.grid import available_sweeps
 
-    print("\n".join(config_lib.available_experiments()))
+    print("\n".join(available_experiments()))
     sweeps = available_sweeps()
     if sweeps:
         print("sweeps: " + ", ".join(sweeps))
@@ -190,11 +191,10 @@ def _list(args: argparse.Namespace, rest: list[str]) -> None:
 def _data(args: argparse.Namespace, rest: list[str]) -> None:
     if rest:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
-    from vae_jax import data
+    from vae_jax.data.tfds_prepare import prepare_tfds, resolve_data_dir
 
-    config = config_lib.base_config()
-    data_dir = args.data_dir or data.resolve_data_dir(config.data)
-    data.prepare_tfds(args.dataset, data_dir)
+    data_dir = args.data_dir or resolve_data_dir(base_config().data)
+    prepare_tfds(args.dataset, data_dir)
     print(f"prepared {args.dataset} in {data_dir}; export TFDS_DATA_DIR={data_dir}")
 
 

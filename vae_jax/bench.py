@@ -36,19 +36,20 @@ def _dataset(config, data: str):
     """The training set named by ``data`` (mnist / synthetic / auto), and what it was."""
     import numpy as np
 
-    from vae_jax import data as data_lib
+    from vae_jax.data.datasets import load_dataset
+    from vae_jax.data.images import Dataset
     from vae_jax.errors import DataError
 
     if data != "synthetic":
         try:
-            return data_lib.load_dataset(config.data), "mnist"
+            return load_dataset(config.data), "mnist"
         except (DataError, ImportError):  # no prepared MNIST or no TFDS here
             if data == "mnist":
                 raise
     rng = np.random.default_rng(0)  # the speed does not depend on the pixel values
     images = rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8)
     labels = np.zeros(60_000, np.int32)
-    return data_lib.Dataset(images, labels, images[:1000], labels[:1000]), "synthetic"
+    return Dataset(images, labels, images[:1000], labels[:1000]), "synthetic"
 
 
 def _trainer(config, dataset, models: int):
@@ -102,12 +103,13 @@ def measure(
     import jax
     import jax.numpy as jnp
 
-    from vae_jax import config as config_lib
+    from vae_jax.config.experiments import load_experiment
+    from vae_jax.config.keys import with_values
     from vae_jax.core import flops
     from vae_jax.core.models import ARCHITECTURES, make_model
 
-    config = config_lib.load_experiment(experiment, overrides)
-    config = config_lib.with_values(config, {"train.batch_size": batch_size}, "bench")
+    config = load_experiment(experiment, overrides)
+    config = with_values(config, {"train.batch_size": batch_size}, "bench")
     dataset, data_kind = _dataset(config, data)
     trainer, state, sums = _trainer(config, dataset, models)
     if steps <= 0:
@@ -241,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     if args.one:
         return _child(args, overrides)
-    from vae_jax import config as config_lib
+    from vae_jax.config.experiments import load_experiment
     from vae_jax.errors import ConfigError
 
     try:
         for name in args.experiments:
-            config_lib.load_experiment(name, overrides)
+            load_experiment(name, overrides)
         if args.reps < 1 or min(args.batch + args.models) < 1:
             raise ConfigError("--reps and every --batch and --models must be positive")
     except ConfigError as e:

@@ -10,7 +10,8 @@ import pytest
 from conftest import small_config, synthetic_dataset
 
 from vae_jax import parallel
-from vae_jax.config import ConfigError, to_json_dict
+from vae_jax.config.keys import to_json_dict
+from vae_jax.errors import ConfigError
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.metrics import read_jsonl, tensorboard_scalars
 from vae_jax.training.run import train_and_evaluate
@@ -209,7 +210,9 @@ def test_a_run_saved_before_keys_existed_resumes_bit_exactly(tmp_path, data, cap
     """A run of vae_jax 0.1 (its config.json without the keys added since, e.g. objective.*,
     train.schedule) counts them as their defaults, says so once, and ends bit for bit where an
     uninterrupted run ends; a changed value of such a key still refuses to resume."""
-    from vae_jax.config import FIRST_KEYS, flatten, unflatten
+    from vae_jax.config.keys import unflatten
+    from vae_jax.config.saved import FIRST_KEYS
+    from vae_jax.core.settings import flatten
 
     full = train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "full", data)
     train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path / "old", data)

@@ -50,7 +50,6 @@ SETTINGS = {  # the objective's config keys; make_loss takes them by their last 
         "p(x|z): bernoulli (sigmoid cross-entropy, the seed) or gaussian around sigmoid(logits)",
     ),
     "model.obs_stddev": Setting(0.1, POSITIVE, "gaussian: the observation stddev"),
-    "model.noise_scale": Setting(1.0, POSITIVE, "z = mean + noise_scale * stddev * eps (1: a VAE)"),
     "objective.name": Setting(
         "elbo",
         one_of(*OBJECTIVES),
@@ -184,13 +183,11 @@ def make_loss(
     free_bits: float,
     k: int,
     dreg: bool,
-    noise_scale: float = 1.0,
 ) -> Loss:
     """``(params, x, key, step, noise_scale) -> (loss, [loss, recon, kl])``, nats per image:
     the training loss the objective's settings (:data:`SETTINGS`, by their last component)
     describe; ``noise_scale`` is given at each call instead (runs trained together differ in
     it). With the defaults it is the seed's loss, :func:`training_loss`, bit for bit."""
-    del noise_scale
     log_lik = log_likelihood(likelihood, obs_stddev)
     if name == "iwae":
         return functools.partial(_iwae_loss, model, log_lik=log_lik, k=k, dreg=dreg)

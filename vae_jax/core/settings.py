@@ -58,3 +58,22 @@ POSITIVE, NON_NEGATIVE = _numbers(True), _numbers(False)
 BOOL = Check("true or false", lambda v: isinstance(v, bool))
 TEXT = Check("a string", lambda v: isinstance(v, str))
 WIDTHS = Check("a non-empty list of positive integers, e.g. 500,500", _positive_ints)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'model.latent_dim': 20, ...}``: every leaf of a config (an ``ml_collections``
+    ConfigDict, or its JSON form) under its dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def values(config: Any, keys: dict[str, Setting]) -> dict[str, Any]:
+    """A component's settings as keyword arguments: ``{'beta': 1.0, ...}`` for the keys
+    (``objective.beta``, ...) it declares."""
+    flat = flatten(config)
+    return {key.rsplit(".", 1)[-1]: flat[key] for key in keys}

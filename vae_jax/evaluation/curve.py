@@ -25,7 +25,7 @@ from vae_jax.errors import ConfigError, VaeJaxError
 
 def measure(workdir: Path, k: int, images: int, every: int) -> dict:
     """``{"points": [{epoch, step, cpu_minutes, iwae_nll, stderr}], "epochs": [...]}``."""
-    from vae_jax import data as data_lib
+    from vae_jax.data.datasets import load_dataset
     from vae_jax.evaluation.trained_run import load_run
     from vae_jax.outputs.checkpoints import Checkpointer
     from vae_jax.outputs.metrics import cpu_cores, read_jsonl
@@ -41,7 +41,7 @@ def measure(workdir: Path, k: int, images: int, every: int) -> dict:
             "checkpoint.max_to_keep to draw the curve"
         )
     run = load_run(workdir)
-    test = data_lib.load_dataset(run.config.data).test_images[:images]
+    test = load_dataset(run.config.data).test_images[:images]
     points = []
     for i, record in enumerate(history):
         chosen = (i + 1) % every == 0 or i + 1 == len(history)

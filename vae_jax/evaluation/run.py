@@ -18,13 +18,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import config as config_lib
-from vae_jax import data as data_lib
 from vae_jax import parallel
 from vae_jax.atomic_io import write_json
+from vae_jax.config.experiments import override, override_keys
+from vae_jax.config.keys import with_values
 from vae_jax.core import objectives, rng
 from vae_jax.core.models import VAE
 from vae_jax.core.pixels import to_float
+from vae_jax.data.datasets import load_dataset
+from vae_jax.data.images import Dataset
 from vae_jax.errors import ConfigError, DataError
 from vae_jax.evaluation.evaluators import (
     ACTIVE_UNIT_THRESHOLD,
@@ -48,21 +50,21 @@ def apply_eval_overrides(
     """``config`` with ``eval.*`` overrides: ``--config.eval.KEY=VALUE`` arguments, or
     ``{"eval.KEY": value}``; other keys are refused (evaluation uses the run's own config)."""
     named = dict(overrides) if isinstance(overrides, Mapping) else None
-    for key in named if named is not None else config_lib.override_keys(overrides):
+    for key in named if named is not None else override_keys(overrides):
         if not key.startswith("eval."):
             raise ConfigError(
                 f"--config.{key}: evaluation uses the run's own config; only eval.* keys can be "
                 "overridden (e.g. --config.eval.iwae_k=100)"
             )
     if named is not None:
-        return config_lib.with_values(config, named, "evaluation settings")
-    return config_lib.override(config, overrides)
+        return with_values(config, named, "evaluation settings")
+    return override(config, overrides)
 
 
 def evaluate(
     workdir: str | Path,
     step: int | None = None,
-    dataset: data_lib.Dataset | None = None,
+    dataset: Dataset | None = None,
     **eval_settings: Any,
 ) -> dict:
     """:func:`evaluate_run` for notebooks: ``evaluate("runs/z20", iwae_k=5000,
@@ -83,7 +85,7 @@ def evaluate_run(
     workdir: str | Path,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     step: int | None = None,
-    dataset: data_lib.Dataset | None = None,
+    dataset: Dataset | None = None,
 ) -> dict:
     """Evaluate checkpoint ``step`` (default: the newest valid one) of the run in ``workdir``.
 
@@ -95,7 +97,7 @@ def evaluate_run(
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     if dataset is None:
-        dataset = data_lib.load_dataset(config.data)
+        dataset = load_dataset(config.data)
     if tuple(meta["image_shape"]) != dataset.test_images.shape[1:]:
         raise DataError(
             f"test images are {dataset.test_images.shape[1:]}, but the run in {workdir} was "
@@ -208,7 +210,7 @@ def _draw(
     originals: np.ndarray,
     recon: np.ndarray,
     root: jax.Array,
-    dataset: data_lib.Dataset,
+    dataset: Dataset,
     label: str,
 ) -> list[str]:
     """The evaluation's figures (process 0 draws); returns their file names."""

@@ -12,12 +12,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from vae_jax import config as config_lib
-from vae_jax import data as data_lib
 from vae_jax import parallel
+from vae_jax.config.saved import from_saved, say_added
 from vae_jax.core import objectives, pixels, rng, train_step
 from vae_jax.core.models import VAE, make_model
+from vae_jax.core.settings import values
 from vae_jax.core.train_step import TrainState, checkpoint_like, make_optimizer
+from vae_jax.data.images import as_uint8
 from vae_jax.errors import ConfigError, DataError
 from vae_jax.evaluation import evaluators
 from vae_jax.outputs.checkpoints import Checkpointer
@@ -29,7 +30,7 @@ def optimizer_for(config: ml_collections.ConfigDict, train_size: int | None = No
     images (``None``: for the checkpoint's shapes only, any length will do)."""
     t = config.train
     steps = 1 if train_size is None else train_size // t.batch_size * t.num_epochs
-    return make_optimizer(steps, **config_lib.values(config, train_step.SETTINGS))
+    return make_optimizer(steps, **values(config, train_step.SETTINGS))
 
 
 def checkpoint_like_for(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[dict], dict]:
@@ -56,8 +57,8 @@ def restore_run(
     saved = run.saved_config()
     if saved is None:
         raise ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
-    config, added = config_lib.from_saved(saved, str(run.config_path))
-    config_lib.say_added(added, str(run.config_path))
+    config, added = from_saved(saved, str(run.config_path))
+    say_added(added, str(run.config_path))
     if not run.checkpoints.is_dir():
         raise ConfigError(f"{run.path} has no checkpoint yet")
     like = checkpoint_like_for(config, mesh or parallel.make_mesh())
@@ -102,7 +103,7 @@ class TrainedRun:
         self._decode = evaluators.decoder_means(model)
 
     def _images(self, images) -> np.ndarray:
-        images = data_lib.as_uint8(images, "images")
+        images = as_uint8(images, "images")
         if images.shape[1:] != self.image_shape:
             raise DataError(f"images are {images.shape[1:]}; this run takes {self.image_shape}")
         return images

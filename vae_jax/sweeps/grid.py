@@ -20,7 +20,16 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from vae_jax import config as config_lib
+from vae_jax.config.experiments import load_experiment, override, override_keys
+from vae_jax.config.keys import with_values
+from vae_jax.config.user_files import (
+    experiments_dir,
+    find_file,
+    one_line,
+    python_files,
+    run_user_file,
+)
+from vae_jax.core.settings import flatten
 from vae_jax.errors import ConfigError
 
 SWEEP_KEYS = ("experiment", "grid", "overrides")
@@ -39,17 +48,17 @@ class Sweep(NamedTuple):
 
 
 def sweeps_dir() -> Path:
-    return config_lib.experiments_dir() / "sweeps"
+    return experiments_dir() / "sweeps"
 
 
 def available_sweeps(directory: Path | None = None) -> list[str]:
-    return config_lib.python_files(directory or sweeps_dir())
+    return python_files(directory or sweeps_dir())
 
 
 def load_sweep_spec(name: str) -> tuple[str, dict]:
     """``(sweep name, get_sweep())`` of a sweep (a name in ``experiments/sweeps/`` or a path)."""
-    path = config_lib.find_file(name, sweeps_dir(), "sweep")
-    module = config_lib.run_user_file(path, f"vae_jax_sweep_{path.stem}", "the sweep file")
+    path = find_file(name, sweeps_dir(), "sweep")
+    module = run_user_file(path, f"vae_jax_sweep_{path.stem}", "the sweep file")
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"sweep file {path} has no get_sweep() function")
     try:
@@ -57,9 +66,7 @@ def load_sweep_spec(name: str) -> tuple[str, dict]:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(
-            f"sweep file {path}: get_sweep() failed: {config_lib.one_line(e)}"
-        ) from None
+        raise ConfigError(f"sweep file {path}: get_sweep() failed: {one_line(e)}") from None
 
 
 def _format_value(value: Any) -> str:
@@ -98,13 +105,13 @@ def expand(name: str, spec: dict, overrides: Sequence[str] = ()) -> Sweep:
                 f"{source}: {part!r} must be a dict of config keys, got {spec[part]!r}"
             )
     experiment = spec.get("experiment", "")
-    base = config_lib.load_experiment(experiment)
+    base = load_experiment(experiment)
     grid = dict(spec["grid"])
     if not grid:
         raise ConfigError(f"{source}: the grid is empty; give at least one key and its values")
     for key, values in grid.items():
-        if key not in config_lib.flatten(base):
-            config_lib.with_values(base, {key: None}, source)  # raises, naming valid keys
+        if key not in flatten(base):
+            with_values(base, {key: None}, source)  # raises, naming valid keys
         if not isinstance(values, list | tuple) or not values:
             raise ConfigError(
                 f"{source}: grid[{key!r}] must be a non-empty list of values, got {values!r}"
@@ -112,21 +119,19 @@ def expand(name: str, spec: dict, overrides: Sequence[str] = ()) -> Sweep:
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{source}: grid[{key!r}] repeats a value: {values!r}")
     grid.setdefault("seed", [base.seed])
-    fixed = config_lib.with_values(base, dict(spec.get("overrides", {})), source)
-    clash = sorted(set(config_lib.override_keys(overrides)) & set(grid))
+    fixed = with_values(base, dict(spec.get("overrides", {})), source)
+    clash = sorted(set(override_keys(overrides)) & set(grid))
     if clash:
         raise ConfigError(
             f"--config.{clash[0]} is a grid key of sweep {name}; edit the sweep's grid "
             "instead (or copy the sweep file)"
         )
-    fixed = config_lib.override(fixed, overrides)
+    fixed = override(fixed, overrides)
     points = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo, strict=True))
         pname = point_name(values)
-        points.append(
-            Point(pname, values, config_lib.with_values(fixed, values, f"{source}, {pname}"))
-        )
+        points.append(Point(pname, values, with_values(fixed, values, f"{source}, {pname}")))
     return Sweep(name, experiment, points)
 
 

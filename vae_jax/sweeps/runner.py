@@ -19,9 +19,10 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from vae_jax import config as config_lib
-from vae_jax import data as data_lib
 from vae_jax import parallel
+from vae_jax.config.keys import to_json_dict
+from vae_jax.data.datasets import load_dataset
+from vae_jax.data.images import Dataset
 from vae_jax.errors import ConfigError, NonFiniteError
 from vae_jax.evaluation.run import evaluated_step
 from vae_jax.outputs.metrics import read_jsonl
@@ -104,13 +105,13 @@ def run_sweep(
         f"sweep {sweep_name}: {len(sweep.points)} points, shard {i}/{n} has {total}; "
         f"{done} finished, {total - done} to train in {len(units)} unit(s) -> {root}"
     )
-    datasets: dict[str, data_lib.Dataset] = {}
+    datasets: dict[str, Dataset] = {}
     failed: list[str] = []
     start, trained = time.monotonic(), 0
     for unit in units:
-        data_key = json.dumps(config_lib.to_json_dict(unit[0].config.data), sort_keys=True)
+        data_key = json.dumps(to_json_dict(unit[0].config.data), sort_keys=True)
         if data_key not in datasets:
-            datasets[data_key] = (load_data or data_lib.load_dataset)(unit[0].config.data)
+            datasets[data_key] = (load_data or load_dataset)(unit[0].config.data)
         names = ", ".join(p.name for p in unit)
         how = f"{len(unit)} together under jax.vmap" if len(unit) > 1 else "1 point"
         print(f"[sweep {sweep_name}] {done + 1}/{total}: {names} ({how})", flush=True)
@@ -131,7 +132,7 @@ def run_sweep(
     return root
 
 
-def _train_unit(unit: list[Point], root: Path, dataset: data_lib.Dataset, sweep: str) -> list[str]:
+def _train_unit(unit: list[Point], root: Path, dataset: Dataset, sweep: str) -> list[str]:
     """Train a unit's points (together if there are several); return those that failed."""
     singles = [unit]
     if len(unit) > 1:

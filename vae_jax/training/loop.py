@@ -23,12 +23,12 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from vae_jax import config as config_lib
 from vae_jax import parallel
 from vae_jax.core import objectives, rng
 from vae_jax.core.conv_ops import compile_fast
 from vae_jax.core.models import VAE
 from vae_jax.core.pixels import to_float
+from vae_jax.core.settings import flatten, values
 from vae_jax.core.train_step import (
     TRAIN_METRICS,
     EpochSums,
@@ -39,7 +39,7 @@ from vae_jax.core.train_step import (
     make_train_step,
     zero_sums,
 )
-from vae_jax.data import Dataset
+from vae_jax.data.images import Dataset
 from vae_jax.errors import NonFiniteError, TrainingInterrupted
 from vae_jax.evaluation.evaluators import make_test_evaluator
 from vae_jax.outputs import plots
@@ -147,7 +147,7 @@ def make_trainer(
         batch_size=config.train.batch_size,
         log_every=config.train.log_every_steps,
         num_epochs=config.train.num_epochs,
-        loss_fn=objectives.make_loss(model, **config_lib.values(config, objectives.SETTINGS)),
+        loss_fn=objectives.make_loss(model, **values(config, objectives.SETTINGS)),
         dynamic_binarize=config.data.binarize == "dynamic",
         noise_scales=noise_scales,
     )
@@ -158,7 +158,7 @@ def _finish(members: list[Member], writers: list, histories: list, num_epochs: i
     finished = len(histories[0]) == num_epochs
     for m, writer, history in zip(members, writers, histories, strict=True):
         if finished:
-            writer.write_hparams(config_lib.flatten(m.config), history[-1])
+            writer.write_hparams(flatten(m.config), history[-1])
         writer.close()
         if finished:
             print(f"Done: {m.workdir.path} (figures in {m.workdir.figures}, metrics in "

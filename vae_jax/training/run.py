@@ -19,11 +19,14 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from vae_jax import config as config_lib
-from vae_jax import data as data_lib
 from vae_jax import parallel
+from vae_jax.config.keys import validate
+from vae_jax.config.saved import check_resumable, to_saved
 from vae_jax.core.models import VAE, make_model
+from vae_jax.core.settings import flatten
 from vae_jax.core.train_step import checkpoint_like
+from vae_jax.data.datasets import load_dataset
+from vae_jax.data.images import Dataset, check_dataset
 from vae_jax.errors import ConfigError, DataError, OutputError
 from vae_jax.evaluation.run import evaluate_run, evaluated_step
 from vae_jax.evaluation.trained_run import checkpoint_like_for, optimizer_for
@@ -43,7 +46,7 @@ class Run(NamedTuple):
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
-    dataset: data_lib.Dataset | None = None,
+    dataset: Dataset | None = None,
     name: str = "",
     force: bool = False,
 ) -> list[dict]:
@@ -64,7 +67,7 @@ def train_and_evaluate(
 
 
 def train_together(
-    runs: list[Run], dataset: data_lib.Dataset | None = None, force: bool = False
+    runs: list[Run], dataset: Dataset | None = None, force: bool = False
 ) -> list[list[dict]] | None:
     """Train and evaluate ``runs`` as :func:`train_and_evaluate` does, all in one program;
     return their histories. Returns None, having written nothing, when their newest
@@ -89,7 +92,7 @@ def train_together(
                 print(f"Run in {w.path} is finished ({len(h)} epochs).")
         else:
             if dataset is None:
-                dataset = data_lib.load_dataset(runs[0].config.data)
+                dataset = load_dataset(runs[0].config.data)
             histories = _train(runs, workdirs, newest, dataset, mesh, force, cleanup)
         for run, w, history in zip(runs, workdirs, histories, strict=True):
             if not is_finished(history, evaluated_step(w.path), run.config):
@@ -109,7 +112,7 @@ def is_finished(
 
 def together_key(config: ml_collections.ConfigDict) -> str:
     """Runs with the same key can train together (their arrays have the same shapes)."""
-    flat = config_lib.flatten(config)
+    flat = flatten(config)
     return json.dumps({k: v for k, v in flat.items() if k not in TOGETHER_KEYS}, default=str)
 
 
@@ -117,13 +120,13 @@ def check_runs(runs: list[Run], mesh: Mesh, force: bool) -> None:
     """Valid configs whose batches divide over the devices, in workdirs that are free for them
     (or hold the same run); several runs only if they differ in :data:`TOGETHER_KEYS` alone."""
     for run in runs:
-        config_lib.validate(run.config)
+        validate(run.config)
         parallel.check_divisible(run.config.train.batch_size, mesh, "train.batch_size")
         parallel.check_divisible(run.config.eval.batch_size, mesh, "eval.batch_size")
         workdir = Workdir(run.workdir)
         workdir.check()
         if not force and (saved := workdir.saved_config()) is not None:
-            config_lib.check_resumable(saved, run.config, workdir.path)
+            check_resumable(saved, run.config, workdir.config_path)
     if len(runs) > 1:
         if len({together_key(r.config) for r in runs}) != 1:
             raise ConfigError(
@@ -153,13 +156,13 @@ def _train(
     runs: list[Run],
     workdirs: list[Workdir],
     newest: list[tuple[Checkpointer | None, Restored | None]],
-    dataset: data_lib.Dataset,
+    dataset: Dataset,
     mesh: Mesh,
     force: bool,
     cleanup: contextlib.ExitStack,
 ) -> list[list[dict]]:
     config = runs[0].config
-    data_lib.check_dataset(dataset, config.train.batch_size)
+    check_dataset(dataset, config.train.batch_size)
     for (_, restored), w in zip(newest, workdirs, strict=True):
         _check_images(dataset, restored, w)
     model = _model(config, dataset.image_shape)
@@ -178,7 +181,7 @@ def _train(
     return _writing_to(workdirs[0], lambda: loop.train(members, model, tx, mesh, dataset))
 
 
-def _check_images(dataset: data_lib.Dataset, restored: Restored | None, w: Workdir) -> None:
+def _check_images(dataset: Dataset, restored: Restored | None, w: Workdir) -> None:
     """The images must be those the restored run saw."""
     if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
         raise DataError(
@@ -207,7 +210,7 @@ def _create(
         w.lock()
     like = checkpoint_like(model, tx, image_shape, parallel.replicated(mesh))
     size = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
-    w.create(config_lib.to_saved(config), size, config.checkpoint.max_to_keep)
+    w.create(to_saved(config), size, config.checkpoint.max_to_keep)
 
 
 def _writing_to(w: Workdir, work):
