@@ -10,17 +10,17 @@ import jax
 import numpy as np
 from conftest import small_config, synthetic_dataset
 
-from vae_jax import parallel
+from vae_jax.core.sharding import batch_sharding, make_mesh
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.training.run import train_and_evaluate
 
 
 def noise_shards_differ() -> bool:
     """Each device's slice of a batch-sharded normal draw differs from every other's."""
-    mesh = parallel.make_mesh()
-    eps = jax.jit(
-        lambda k: jax.random.normal(k, (32, 20)), out_shardings=parallel.batch_sharding(mesh)
-    )(jax.random.key(0))
+    mesh = make_mesh()
+    eps = jax.jit(lambda k: jax.random.normal(k, (32, 20)), out_shardings=batch_sharding(mesh))(
+        jax.random.key(0)
+    )
     shards = [np.asarray(s.data) for s in eps.addressable_shards]
     return (
         all(not np.allclose(a, b) for i, a in enumerate(shards) for b in shards[i + 1 :])
@@ -31,7 +31,7 @@ def noise_shards_differ() -> bool:
 def main(workdir: str) -> None:
     config = small_config({"train.num_epochs": 3, "eval.after_training": True})
     history = train_and_evaluate(config, workdir, synthetic_dataset())
-    params = restore_run(workdir)[2].params
+    params = restore_run(workdir)[1].params
     print(
         json.dumps(
             {

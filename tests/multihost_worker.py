@@ -26,17 +26,17 @@ from vae_jax.training.run import train_and_evaluate
 
 
 def _announce_steps(delay: float) -> None:
-    run = loop.EpochTrainer.run
+    run_steps = loop.run_steps
 
-    def announcing_run(self, state, sums, epoch, start, pause):
+    def announcing(*args, pause):
         def announce(step):
             print(f"STEP {step}", flush=True)
             time.sleep(delay)
             return pause(step)
 
-        return run(self, state, sums, epoch, start, announce)
+        return run_steps(*args, announce)
 
-    loop.EpochTrainer.run = announcing_run
+    loop.run_steps = lambda *a: announcing(*a[:-1], pause=a[-1])
 
 
 def main() -> int:
@@ -67,7 +67,7 @@ def main() -> int:
     except VaeJaxError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
-    params = restore_run(args.workdir)[2].params  # every process takes part in the restore
+    params = restore_run(args.workdir)[1].params  # every process takes part in the restore
     print(
         json.dumps(
             {

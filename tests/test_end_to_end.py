@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from vae_jax.outputs.metrics import read_jsonl
 from vae_jax.outputs.plots import load_png
+from vae_jax.outputs.workdir import read_jsonl
 
 
 @pytest.mark.slow

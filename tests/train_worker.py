@@ -30,17 +30,17 @@ from vae_jax.training.run import train_and_evaluate
 
 def _install_hooks(args: argparse.Namespace) -> None:
     if args.step_delay:
-        run = loop.EpochTrainer.run
+        run_steps = loop.run_steps
 
-        def announcing_run(self, state, sums, epoch, start, pause):
+        def announcing(*args_, pause):
             def announce(step):
                 print(f"STEP {step}", flush=True)
                 time.sleep(args.step_delay)
                 return pause(step)
 
-            return run(self, state, sums, epoch, start, announce)
+            return run_steps(*args_, announce)
 
-        loop.EpochTrainer.run = announcing_run
+        loop.run_steps = lambda *a: announcing(*a[:-1], pause=a[-1])
 
     if args.hang_in_save is not None:
         finalize = atomicity.AtomicRenameTemporaryPath.finalize

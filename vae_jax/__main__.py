@@ -161,9 +161,9 @@ def _eval(args: argparse.Namespace, rest: list[str]) -> None:
     workdir = _workdir(args) or f"runs/{_name(args.experiment)}"
     if args.experiment and not Path(workdir).exists():  # then a wrong name is likelier
         experiment_path(args.experiment)
-    from vae_jax.evaluation.run import evaluate_run
+    from vae_jax.evaluation.run import evaluate_workdir
 
-    evaluate_run(workdir, rest, step=args.step)
+    evaluate_workdir(workdir, rest, step=args.step)
 
 
 def _sweep(args: argparse.Namespace, rest: list[str]) -> None:

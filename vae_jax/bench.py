@@ -3,7 +3,7 @@ whatever backend JAX finds.
 
 Each (experiment, batch size) is measured in a fresh process, so that compile time, the time
 from the command's start to the first finished step and the peak host memory are its own. The
-process runs the real training loop (:class:`vae_jax.training.loop.EpochTrainer`: data on
+process runs the real training loop (:func:`vae_jax.training.loop.run_steps`: data on
 the device, the step compiled once, no host syncs but once per repetition): one warm-up
 repetition, then ``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH``
 also writes the records. Nothing is written anywhere else. Config overrides apply to every
@@ -17,7 +17,6 @@ states (seeds 0..K-1, noise scales from 0.5 to 2); images/s then counts every mo
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 DEFAULT_EXPERIMENTS = ("mnist_z20", "mnist_mlp_z20")
 DEFAULT_BATCHES = (100, 512)
@@ -52,39 +52,48 @@ def _dataset(config, data: str):
     return Dataset(images, labels, images[:1000], labels[:1000]), "synthetic"
 
 
+class _Trainer(NamedTuple):
+    """The real training loop's parts, compiled step and training images (on the devices)."""
+
+    parts: Any
+    compiled: Any
+    images: Any
+
+
 def _trainer(config, dataset, models: int):
-    """The real training loop's :class:`EpochTrainer` for ``models`` models (seeds 0..K-1;
+    """The real training loop's parts and compiled step for ``models`` models (seeds 0..K-1;
     noise scales from 0.5 to 2 when several), and their fresh state and sums."""
     import jax
     import numpy as np
 
-    from vae_jax import parallel
-    from vae_jax.core.models import make_model
-    from vae_jax.core.train_step import init_state, zero_sums
-    from vae_jax.evaluation.trained_run import optimizer_for
-    from vae_jax.training.loop import Group, make_trainer
+    from vae_jax.core.sharding import make_mesh, replicated
+    from vae_jax.core.train_step import zero_sums
+    from vae_jax.parallel import check_divisible
+    from vae_jax.parts import build_parts, init_state
+    from vae_jax.training.loop import compile_step, join_runs
 
-    mesh = parallel.make_mesh()
-    parallel.check_divisible(config.train.batch_size, mesh, "batch size")
-    model = make_model(dataset.image_shape, **config.model)
-    tx = optimizer_for(config, len(dataset.train_images))
-    repl, group = parallel.replicated(mesh), Group(models)
-    init = [functools.partial(init_state, s, model, tx, dataset.image_shape) for s in range(models)]
-    state = group.join([jax.jit(f, out_shardings=repl)() for f in init])
-    sums = jax.device_put(group.join([zero_sums()] * models), repl)
+    mesh = make_mesh()
+    check_divisible(config.train.batch_size, mesh, "batch size")
+    parts = build_parts(config, dataset.image_shape, mesh, len(dataset.train_images))
+    state = join_runs([init_state(parts, seed) for seed in range(models)])
+    sums = jax.device_put(join_runs([zero_sums()] * models), replicated(mesh))
+    images = jax.device_put(dataset.train_images, replicated(mesh))
     scales = [float(s) for s in np.geomspace(0.5, 2.0, models)]
     scales = scales if models > 1 else [config.model.noise_scale]
-    trainer = make_trainer(
-        config, model, tx, mesh, dataset.train_images, state, sums, group, scales
-    )
-    return trainer, state, sums
+    compiled = compile_step(parts, state, sums, images, scales)
+    return _Trainer(parts, compiled, images), state, sums
 
 
-def _run_steps(trainer, state, sums, step: int, steps: int) -> tuple:
+def _run_steps(trainer: _Trainer, state, sums, step: int, steps: int) -> tuple:
     """``steps`` steps from global ``step``: ``(state, sums, step, seconds)``."""
-    target, seconds, spe = step + steps, 0.0, trainer.steps_per_epoch
+    from vae_jax.training.loop import run_steps
+
+    parts, compiled, images = trainer
+    target, seconds = step + steps, 0.0
     while step < target:
-        segment = trainer.run(state, sums, step // spe + 1, step % spe, lambda s: s >= target)
+        epoch, start = divmod(step, parts.steps_per_epoch)
+        segment = run_steps(parts, compiled, state, sums, images, epoch + 1, start,
+                            lambda s: s >= target)  # fmt: skip
         state, sums, step = segment.state, segment.sums, segment.step
         seconds += segment.seconds
     return state, sums, step, seconds
@@ -114,7 +123,7 @@ def measure(
     trainer, state, sums = _trainer(config, dataset, models)
     if steps <= 0:
         cpu = jax.default_backend() == "cpu"
-        steps = -(-CPU_IMAGES_PER_REP // batch_size) if cpu else trainer.steps_per_epoch
+        steps = -(-CPU_IMAGES_PER_REP // batch_size) if cpu else trainer.parts.steps_per_epoch
     state, sums, step, _ = _run_steps(trainer, state, sums, 0, 1)  # the first step
     first_step_done = time.time()
     rates = []
@@ -140,7 +149,7 @@ def measure(
         "images_per_sec_median": median,
         "images_per_sec_min": min(rates),
         "images_per_sec_max": max(rates),
-        "compile_seconds": trainer.compile_seconds,
+        "compile_seconds": trainer.compiled.seconds,
         "first_step_unix_time": first_step_done,
         "train_mflop_per_image": train_flops / 1e6,
         "gflops_per_sec": median * train_flops / 1e9,

@@ -1,4 +1,5 @@
-"""Data parallelism over every device: a 1-D mesh, batch sharded, everything else replicated."""
+"""The devices: the check that a batch divides over them, multi-process (multi-host) start-up,
+and compiling for them (the mesh and shardings are :mod:`vae_jax.core.sharding`)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,9 @@ import sys
 import threading
 
 import jax
-import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from vae_jax.errors import ConfigError, DistributedError
-
-AXIS = "data"
-
-
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A mesh over all devices (of every process) with the one axis ``'data'``."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the devices."""
-    return NamedSharding(mesh, PartitionSpec(AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def check_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
@@ -117,3 +100,20 @@ def _int_from_env(name: str) -> int:
         return int(os.environ[name])
     except ValueError:
         raise ConfigError(f"${name}={os.environ[name]!r}: expected an integer") from None
+
+
+# XLA:CPU's YNNPACK library fusions run these small convs and matmuls 1.5-3x slower than its
+# Eigen kernels on the 2-core AVX2 machine we measured (README, "Performance").
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compile_fast(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
+    """``lowered.compile()``, with :data:`CPU_COMPILER_OPTIONS` on CPU when this jaxlib knows
+    them (the plain compile otherwise)."""
+    if jax.default_backend() == "cpu":
+        try:
+            return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
+        except Exception as e:  # an XLA build without the option: "No such compile option"
+            if "option" not in str(e).lower():
+                raise
+    return lowered.compile()

@@ -14,9 +14,9 @@ from PIL import Image
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from vae_jax import parallel
 from vae_jax.core import objectives, rng
-from vae_jax.core.models import VAE, init_params, make_model
+from vae_jax.core.models import VAE, init_params
+from vae_jax.core.sharding import make_mesh
 from vae_jax.errors import ConfigError
 from vae_jax.evaluation.evaluators import (
     iwae_bound,
@@ -24,8 +24,9 @@ from vae_jax.evaluation.evaluators import (
     latent_stats,
     make_test_evaluator,
 )
-from vae_jax.evaluation.run import evaluate_run
+from vae_jax.evaluation.run import evaluate_workdir
 from vae_jax.evaluation.trained_run import restore_run
+from vae_jax.parts import build_parts
 from vae_jax.training.run import train_and_evaluate
 
 VOLATILE = {"seconds", "iwae_seconds", "peak_host_rss_bytes", "workdir"}
@@ -38,42 +39,19 @@ def trained(tmp_path_factory):
     config = small_config({"train.num_epochs": 3, "eval.after_training": True, "eval.iwae_k": 16})
     dataset = synthetic_dataset()
     train_and_evaluate(config, workdir, dataset=dataset)
-    config, model, state, _ = restore_run(workdir)
-    return workdir, config, model, state, dataset
+    parts, state, _ = restore_run(workdir)
+    return workdir, parts, parts.model, state, dataset
 
 
-def _objective(config):
-    m = config.model
-    return {
-        "log_lik": objectives.log_likelihood(m.likelihood, m.obs_stddev),
-        "noise_scale": m.noise_scale,
-    }
+def _iwae(parts, images, root, params, iwae_k=None, iwae_pairs_per_call=None):
+    if iwae_pairs_per_call:
+        settings = parts.evaluation._replace(iwae_pairs_per_call=iwae_pairs_per_call)
+        parts = parts._replace(evaluation=settings)
+    return iwae_bound(parts, params, images, rng.stream(root, rng.Stream.IWAE), iwae_k)
 
 
-def _iwae(model, config, images, root, params, iwae_k=None, iwae_pairs_per_call=None):
-    return iwae_bound(
-        model,
-        params,
-        images,
-        parallel.make_mesh(),
-        rng.stream(root, rng.Stream.IWAE),
-        **_objective(config),
-        latent_dim=config.model.latent_dim,
-        k=iwae_k or config.eval.iwae_k,
-        pairs_per_call=iwae_pairs_per_call or config.eval.iwae_pairs_per_call,
-    )
-
-
-def _elbo(model, config, images, root):
-    return make_test_evaluator(
-        model,
-        images,
-        parallel.make_mesh(),
-        rng.stream(root, rng.Stream.EVAL),
-        **_objective(config),
-        batch_size=config.eval.batch_size,
-        num_samples=config.eval.num_samples,
-    )
+def _elbo(parts, images, root):
+    return make_test_evaluator(parts, images, rng.stream(root, rng.Stream.EVAL))
 
 
 def _numpy_log_weights(model, params, config, x_u8, eps):
@@ -101,9 +79,10 @@ def _numpy_log_weights(model, params, config, x_u8, eps):
 
 
 def test_k1_bound_equals_the_single_sample_elbo_of_the_same_noise(trained):
-    _, config, model, state, dataset = trained
+    _, parts, model, state, dataset = trained
+    config = parts.config
     images = dataset.test_images[:40]
-    result = _iwae(model, config, images, state.root, state.params, iwae_k=1)
+    result = _iwae(parts, images, state.root, state.params, iwae_k=1)
     key = rng.stream(state.root, rng.Stream.IWAE)
     eps = np.asarray(
         objectives.importance_noise(key, jnp.arange(40), jnp.arange(1), config.model.latent_dim),
@@ -114,10 +93,11 @@ def test_k1_bound_equals_the_single_sample_elbo_of_the_same_noise(trained):
 
 
 def test_bound_does_not_depend_on_chunking(trained):
-    _, config, model, state, dataset = trained
+    _, parts, model, state, dataset = trained
+    config = parts.config
     images = dataset.test_images[:37]
-    a = _iwae(model, config, images, state.root, state.params, iwae_k=24, iwae_pairs_per_call=5)
-    b = _iwae(model, config, images, state.root, state.params, iwae_k=24, iwae_pairs_per_call=4096)
+    a = _iwae(parts, images, state.root, state.params, iwae_k=24, iwae_pairs_per_call=5)
+    b = _iwae(parts, images, state.root, state.params, iwae_k=24, iwae_pairs_per_call=4096)
     assert (a.images_per_call, a.samples_per_call) != (b.images_per_call, b.samples_per_call)
     np.testing.assert_allclose(a.bounds, b.bounds, rtol=1e-6)
     key = rng.stream(state.root, rng.Stream.IWAE)
@@ -129,7 +109,8 @@ def test_bound_does_not_depend_on_chunking(trained):
 
 
 def test_iwae_is_above_the_elbo_and_grows_with_k(trained):
-    _, config, model, state, dataset = trained
+    _, parts, model, state, dataset = trained
+    config = parts.config
     images = dataset.test_images[:64]
     key = rng.stream(state.root, rng.Stream.IWAE)
     eps = np.asarray(
@@ -148,11 +129,11 @@ def test_iwae_is_above_the_elbo_and_grows_with_k(trained):
 
     # The evaluator's own estimates, with independent keys per k: non-decreasing on average
     # within three standard errors of the paired differences.
-    results = [_iwae(model, config, images, state.root, state.params, iwae_k=k) for k in (1, 8, 64)]
+    results = [_iwae(parts, images, state.root, state.params, iwae_k=k) for k in (1, 8, 64)]
     for low, high in itertools.pairwise(results):
         diff = high.bounds - low.bounds
         assert diff.mean() > -3 * diff.std(ddof=1) / math.sqrt(len(diff))
-    elbo = _elbo(model, config, images, state.root)
+    elbo = _elbo(parts, images, state.root)
     assert -results[-1].nll > -elbo(state.params)["neg_elbo"]
 
 
@@ -179,7 +160,8 @@ def test_bound_of_a_prior_posterior_and_constant_decoder_is_the_exact_likelihood
     config = small_config({"model.arch": arch, "model.noise_scale": noise_scale, "eval.iwae_k": 7})
     dataset = synthetic_dataset(n_test=20)
     images = (dataset.test_images > 127).astype(np.uint8) * 255  # binary: a true likelihood
-    model = make_model(images.shape[1:], **config.model)
+    parts = build_parts(config, images.shape[1:], make_mesh())
+    model = parts.model
     params = _collapse(init_params(model, jax.random.key(3), images.shape[1:]), noise_scale)
     root = rng.root_key(0)
     logits = np.asarray(
@@ -189,14 +171,12 @@ def test_bound_of_a_prior_posterior_and_constant_decoder_is_the_exact_likelihood
     x = images.reshape(len(images), -1) / 255.0
     exact = np.sum(x * logits - np.logaddexp(0.0, logits), axis=1)  # log p(x), z integrated out
 
-    result = _iwae(model, config, images, root, params)
+    result = _iwae(parts, images, root, params)
     np.testing.assert_allclose(result.bounds, exact, rtol=1e-5)
-    stats = latent_stats(
-        model, params, images, parallel.make_mesh(), noise_scale=noise_scale, batch_size=64
-    )
+    stats = latent_stats(parts, params, images)
     assert stats.active_units == 0
     assert stats.rate == pytest.approx(0.0, abs=1e-6)
-    elbo = _elbo(model, config, images, root)(params)
+    elbo = _elbo(parts, images, root)(params)
     assert -elbo["neg_elbo"] == pytest.approx(exact.mean(), rel=1e-5)
     assert elbo["kl"] == pytest.approx(0.0, abs=1e-5)
 
@@ -204,7 +184,7 @@ def test_bound_of_a_prior_posterior_and_constant_decoder_is_the_exact_likelihood
 def test_eval_after_training_equals_eval_of_the_saved_checkpoint(trained):
     workdir, *_, dataset = trained
     after_training = json.loads((workdir / "eval.json").read_text())
-    later = evaluate_run(workdir, dataset=dataset)
+    later = evaluate_workdir(workdir, dataset=dataset)
     for key in after_training.keys() - VOLATILE:
         assert later[key] == after_training[key], key
     assert (
@@ -233,7 +213,7 @@ def test_eval_json_is_consistent_and_names_its_figures(trained):
 def test_eval_at_a_chosen_step_writes_its_own_file(trained):
     workdir, *_, dataset = trained
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    r = evaluate_run(workdir, ["--config.eval.iwae_k=2"], step=steps[0], dataset=dataset)
+    r = evaluate_workdir(workdir, ["--config.eval.iwae_k=2"], step=steps[0], dataset=dataset)
     assert r["step"] == steps[0] and r["iwae_k"] == 2
     assert json.loads((workdir / f"eval_step_{steps[0]}.json").read_text())["iwae_k"] == 2
     assert json.loads((workdir / "eval.json").read_text())["iwae_k"] == 16
@@ -253,7 +233,7 @@ def test_two_dimensional_latents_get_the_manifold_and_scatter(tmp_path):
 def test_only_eval_keys_may_be_overridden(trained):
     workdir, *_, dataset = trained
     with pytest.raises(ConfigError, match="only eval"):
-        evaluate_run(workdir, ["--config.model.latent_dim=3"], dataset=dataset)
+        evaluate_workdir(workdir, ["--config.model.latent_dim=3"], dataset=dataset)
 
 
 @pytest.mark.parametrize(

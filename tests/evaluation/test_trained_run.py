@@ -10,7 +10,7 @@ from conftest import small_config, synthetic_dataset
 
 import vae_jax
 from vae_jax.errors import ConfigError, DataError
-from vae_jax.outputs.metrics import read_jsonl
+from vae_jax.outputs.workdir import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,16 @@ import numpy as np
 import pytest
 from conftest import small_config, synthetic_dataset
 
-from vae_jax import parallel
-from vae_jax.core.models import make_model
-from vae_jax.core.train_step import checkpoint_like, make_optimizer
+from vae_jax.core.sharding import make_mesh
 from vae_jax.errors import CheckpointError
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs.checkpoints import Checkpointer, tree_sha256
+from vae_jax.parts import build_parts, checkpoint_shapes
 from vae_jax.training.run import train_and_evaluate
 
 
 def _random_state(seed=0):
-    model = make_model((28, 28, 1), **small_config().model)
-    repl = parallel.replicated(parallel.make_mesh())
-    like = checkpoint_like(
-        model,
-        make_optimizer(1, learning_rate=1e-3, schedule="constant", warmup_steps=0, adam_eps=1e-8),
-        (28, 28, 1),
-        repl,
-    )
+    like = checkpoint_shapes(build_parts(small_config(), (28, 28, 1), make_mesh()))
     leaves, treedef = jax.tree.flatten(like)
     rng = np.random.default_rng(seed)
     return like, jax.tree.unflatten(
@@ -146,7 +138,7 @@ def test_run_resumes_from_the_newest_valid_checkpoint(tmp_path):
     _largest_file(tmp_path / "run" / "checkpoints" / "24" / "state").unlink()
     history = train_and_evaluate(small_config({"train.num_epochs": 4}), tmp_path / "run", data)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
-    _assert_trees_equal(restore_run(tmp_path / "full")[2], restore_run(tmp_path / "run")[2])
+    _assert_trees_equal(restore_run(tmp_path / "full")[1], restore_run(tmp_path / "run")[1])
 
 
 def test_a_reader_retries_a_checkpoint_rotated_away_while_it_reads(tmp_path, monkeypatch, capsys):

@@ -18,13 +18,13 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference") / "run"
     rc, _, err = finish(start_worker(workdir))
     assert rc == 0, err[-3000:]
-    return restore_run(workdir)[2].params
+    return restore_run(workdir)[1].params
 
 
 def _assert_resumes_to(workdir, reference):
     rc, _, err = finish(start_worker(workdir))
     assert rc == 0, err[-3000:]
-    params = restore_run(workdir)[2].params
+    params = restore_run(workdir)[1].params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
@@ -62,7 +62,7 @@ def test_a_stop_at_the_last_step_skips_the_evaluation_until_the_run_is_resumed(t
     rc, _, err = finish(start_worker(workdir, "--evaluate"))
     assert rc == 0, err[-3000:]
     assert (workdir / "eval.json").exists()
-    params = restore_run(workdir)[2].params
+    params = restore_run(workdir)[1].params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import small_config, synthetic_dataset
 
-from vae_jax import parallel
 from vae_jax.config.keys import to_json_dict
 from vae_jax.errors import ConfigError
 from vae_jax.evaluation.trained_run import restore_run
-from vae_jax.outputs.metrics import read_jsonl, tensorboard_scalars
+from vae_jax.outputs.metrics import tensorboard_scalars
+from vae_jax.outputs.workdir import read_jsonl
 from vae_jax.training.run import train_and_evaluate
 
 
@@ -36,7 +36,7 @@ def _tensorboard_events(logdir) -> list:
 
 
 def _params(workdir):
-    return restore_run(workdir)[2].params
+    return restore_run(workdir)[1].params
 
 
 def _assert_trees_equal(a, b):
@@ -65,8 +65,8 @@ def test_resume_after_epoch_k_equals_uninterrupted_run(tmp_path, data):
     first = train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path / "split", data)
     resumed = train_and_evaluate(small_config({"train.num_epochs": 3}), tmp_path / "split", data)
     assert len(first) == 1 and len(resumed) == 3
-    _, _, a, _ = restore_run(tmp_path / "full")
-    _, _, b, _ = restore_run(tmp_path / "split")
+    _, a, _ = restore_run(tmp_path / "full")
+    _, b, _ = restore_run(tmp_path / "split")
     _assert_trees_equal(a, b)
     skip = ("train_seconds", "images_per_sec", "eval_seconds", "compile_seconds", "cpu_seconds")
     skip += ("time",)
@@ -127,22 +127,13 @@ def test_outputs_of_a_run(tmp_path, data):
 
 def test_test_elbo_is_reproducible_from_the_checkpoint(tmp_path, data):
     """Evaluating the saved parameters again gives the logged test -ELBO exactly."""
-    from vae_jax.core import objectives, rng
+    from vae_jax.core import rng
     from vae_jax.evaluation.evaluators import make_test_evaluator
 
     history = train_and_evaluate(small_config({"train.num_epochs": 1}), tmp_path, data)
-    config, model, state, _ = restore_run(tmp_path)
-    m = config.model
-    evaluate = make_test_evaluator(
-        model,
-        data.test_images,
-        parallel.make_mesh(),
-        rng.stream(state.root, rng.Stream.EVAL),
-        log_lik=objectives.log_likelihood(m.likelihood, m.obs_stddev),
-        noise_scale=m.noise_scale,
-        batch_size=config.eval.batch_size,
-        num_samples=config.eval.num_samples,
-    )
+    parts, state, _ = restore_run(tmp_path)
+    key = rng.stream(state.root, rng.Stream.EVAL)
+    evaluate = make_test_evaluator(parts, data.test_images, key)
     assert evaluate(state.params)["neg_elbo"] == history[-1]["test_neg_elbo_nats"]
 
 
@@ -157,8 +148,8 @@ def test_reported_test_kl_is_that_of_the_scaled_posterior(tmp_path, data):
     recomputed here in float64 from the saved encoder's outputs."""
     config = small_config({"model.noise_scale": 2.0, "train.num_epochs": 1})
     history = train_and_evaluate(config, tmp_path, data)
-    _, model, state, _ = restore_run(tmp_path)
-    mean, logvar = model.apply(
+    parts, state, _ = restore_run(tmp_path)
+    mean, logvar = parts.model.apply(
         {"params": state.params}, data.test_images.astype(np.float32) / 255.0, method="encode"
     )
     mean, var = np.asarray(mean, np.float64), 4.0 * np.exp(np.asarray(logvar, np.float64))
@@ -275,7 +266,7 @@ def test_a_scheduled_run_resumes_bit_exactly(tmp_path, data):
         shutil.rmtree(tmp_path / "cut" / "checkpoints" / step)
     resumed = train_and_evaluate(config, tmp_path / "cut", data)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
-    _assert_trees_equal(restore_run(tmp_path / "full")[2], restore_run(tmp_path / "cut")[2])
+    _assert_trees_equal(restore_run(tmp_path / "full")[1], restore_run(tmp_path / "cut")[1])
     constant = small_config({"train.num_epochs": 1})
     train_and_evaluate(constant, tmp_path / "constant", data)
     assert not np.array_equal(  # the schedule and eps did change the training

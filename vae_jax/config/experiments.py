@@ -8,7 +8,7 @@ An experiment is a file ``experiments/<name>.py`` whose ``get_config()`` returns
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from vae_jax.config.keys import flatten, settings, unknown_key, validate
+from vae_jax.config.keys import settings, unknown_key, validate, with_values
 from vae_jax.config.user_files import experiments_dir, find_file, one_line, python_files
+from vae_jax.core.settings import flatten
 from vae_jax.errors import ConfigError
 
 
@@ -111,3 +112,20 @@ def _parse(
     if rest[1:]:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest[1:])}")
     return config
+
+
+def apply_eval_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """``config`` with ``eval.*`` overrides: ``--config.eval.KEY=VALUE`` arguments, or
+    ``{"eval.KEY": value}``; other keys are refused (evaluation uses the run's own config)."""
+    named = dict(overrides) if isinstance(overrides, Mapping) else None
+    for key in named if named is not None else override_keys(overrides):
+        if not key.startswith("eval."):
+            raise ConfigError(
+                f"--config.{key}: evaluation uses the run's own config; only eval.* keys can be "
+                "overridden (e.g. --config.eval.iwae_k=100)"
+            )
+    if named is not None:
+        return with_values(config, named, "evaluation settings")
+    return override(config, overrides)

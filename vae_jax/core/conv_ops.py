@@ -178,22 +178,6 @@ conv_transpose_fast = _with_gradients(
     space-to-depth form (the native one is a slow dilated conv on XLA:CPU).""",
 )
 
-# XLA:CPU's YNNPACK library fusions run these small convs and matmuls 1.5-3x slower than its
-# Eigen kernels on the 2-core AVX2 machine we measured (README, "Performance").
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-def compile_fast(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-    """``lowered.compile()``, with :data:`CPU_COMPILER_OPTIONS` on CPU when this jaxlib knows
-    them (the plain compile otherwise)."""
-    if jax.default_backend() == "cpu":
-        try:
-            return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
-        except Exception as e:  # an XLA build without the option: "No such compile option"
-            if "option" not in str(e).lower():
-                raise
-    return lowered.compile()
-
 
 def resolve(impl: str, platform: str | None = None) -> str:
     """``auto`` -> ``space_to_depth`` on CPU, ``native`` elsewhere."""

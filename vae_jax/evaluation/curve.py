@@ -21,33 +21,34 @@ import numpy as np
 
 from vae_jax.atomic_io import write_json
 from vae_jax.errors import ConfigError, VaeJaxError
+from vae_jax.outputs.workdir import Workdir
 
 
-def measure(workdir: Path, k: int, images: int, every: int) -> dict:
+def measure(workdir: Workdir, k: int, images: int, every: int) -> dict:
     """``{"points": [{epoch, step, cpu_minutes, iwae_nll, stderr}], "epochs": [...]}``."""
     from vae_jax.data.datasets import load_dataset
-    from vae_jax.evaluation.trained_run import load_run
+    from vae_jax.evaluation.trained_run import TrainedRun, restore_run
     from vae_jax.outputs.checkpoints import Checkpointer
-    from vae_jax.outputs.metrics import cpu_cores, read_jsonl
+    from vae_jax.outputs.metrics import cpu_cores
 
-    history = read_jsonl(workdir / "metrics.jsonl")
+    history = workdir.history()
     cores = [r.get("cpu_cores", cpu_cores()) for r in history]  # older runs: this machine's
     seconds = [r.get("cpu_seconds", 0.0) for r in history]
     minutes = np.cumsum(np.divide(seconds, cores)) / 60
-    steps = set(Checkpointer.steps_in(workdir / "checkpoints"))
+    steps = set(Checkpointer.steps_in(workdir.checkpoints))
     if not any(r["step"] in steps for r in history):
         raise ConfigError(
-            f"{workdir} keeps no checkpoint of a finished epoch; train with a larger "
+            f"{workdir.path} keeps no checkpoint of a finished epoch; train with a larger "
             "checkpoint.max_to_keep to draw the curve"
         )
-    run = load_run(workdir)
-    test = load_dataset(run.config.data).test_images[:images]
+    parts, _, _ = restore_run(workdir)
+    test = load_dataset(parts.config.data).test_images[:images]
     points = []
     for i, record in enumerate(history):
         chosen = (i + 1) % every == 0 or i + 1 == len(history)
         if record["step"] not in steps or not chosen:
             continue
-        bounds = load_run(workdir, record["step"]).iwae(test, k=k)
+        bounds = TrainedRun(*restore_run(workdir, record["step"])).iwae(test, k=k)
         points.append(
             {
                 "epoch": record["epoch"],
@@ -106,16 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.k, args.images, args.every) < 1:
         parser.error("--k, --images and --every must be positive")
+    run = Workdir(args.workdir)
     try:
-        curve = measure(args.workdir, args.k, args.images, args.every)
+        curve = measure(run, args.k, args.images, args.every)
     except VaeJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    write_json(args.workdir / "curve.json", curve)
+    write_json(run.curve_json, curve)
     references = [(float(v), label) for v, label in args.reference]
-    path = args.workdir / "figures" / "nll_vs_cpu_minutes.png"
-    plot(curve, path, f"{args.workdir.name}: the NLL bound against CPU time", references)
-    print(f"wrote {args.workdir / 'curve.json'} and {path}")
+    title = f"{run.path.name}: the NLL bound against CPU time"
+    plot(curve, run.curve_figure, title, references)
+    print(f"wrote {run.curve_json} and {run.curve_figure}")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +19,17 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from vae_jax import parallel
 from vae_jax.core import objectives
-from vae_jax.core.conv_ops import compile_fast
 from vae_jax.core.models import VAE
 from vae_jax.core.pixels import to_float
+from vae_jax.core.sharding import batch_sharding
 from vae_jax.outputs.metrics import peak_host_memory_bytes
 from vae_jax.outputs.workdir import is_writer
+from vae_jax.parallel import compile_fast
+from vae_jax.parts import EvalSettings, Parts
 
 EVAL_METRICS = ("neg_elbo", "recon", "kl")
+TestEvaluator = Callable[..., Any]  # (params, per_image=False) -> means, or [3, N] per image
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Var_x(E_q[z_d | x]) above this
 
 
@@ -43,7 +45,7 @@ def _chunks(images: np.ndarray, size: int, mesh: Mesh) -> list[tuple[jax.Array, 
     padded = np.zeros((n_chunks * size, *images.shape[1:]), images.dtype)
     padded[:n] = images
     mask = (np.arange(n_chunks * size) < n).astype(np.float32)
-    batch = parallel.batch_sharding(mesh)
+    batch = batch_sharding(mesh)
     return [
         (
             jax.device_put(padded[i * size : (i + 1) * size], batch),
@@ -53,72 +55,47 @@ def _chunks(images: np.ndarray, size: int, mesh: Mesh) -> list[tuple[jax.Array, 
     ]
 
 
-def make_test_evaluator(
-    model: VAE,
-    images: np.ndarray,
-    mesh: Mesh,
-    key: jax.Array,
-    *,
-    log_lik: objectives.LogLikelihood,
-    noise_scale: float,
-    batch_size: int,
-    num_samples: int,
-) -> Callable[[dict], dict[str, float]]:
-    """A function ``params -> {'neg_elbo': .., 'recon': .., 'kl': ..}`` (means over ``images``).
+def make_test_evaluator(parts: Parts, images: np.ndarray, key: jax.Array) -> TestEvaluator:
+    """``evaluate(params)``: ``{'neg_elbo': .., 'recon': .., 'kl': ..}``, the means over
+    ``images``; ``evaluate(params, per_image=True)``: each image's terms, ``[3, N]`` float64.
 
-    The reconstruction term is averaged over ``num_samples`` posterior samples per image; the
-    KL is analytic. Chunk i draws its samples from ``fold_in(key, i)`` (a run's ``key`` is its
-    EVAL stream), so every epoch sees the same noise and test numbers are comparable across
-    epochs.
+    The reconstruction term is averaged over ``eval.num_samples`` posterior samples per image;
+    the KL is analytic. Chunk i draws its samples from ``fold_in(key, i)`` (a run's ``key`` is
+    its EVAL stream), so every epoch sees the same noise and test numbers are comparable across
+    epochs. Built once (the images placed on the devices), called every epoch with new
+    parameters, with no recompilation.
     """
-    n = len(images)
-    chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
+    n, settings, mesh = len(images), parts.evaluation, parts.mesh
+    chunks = _chunks(images, chunk_size(n, settings.batch_size, mesh.devices.size), mesh)
     keys = [jax.random.fold_in(key, i) for i in range(len(chunks))]
-    terms = _elbo_terms(model, log_lik, noise_scale, num_samples)
+    terms = _elbo_terms(parts.model, settings)
+    chunk_terms = jax.jit(terms)
 
     @jax.jit
     def chunk_sums(params, images_u8, mask, key):
         return jnp.sum(terms(params, images_u8, key) * mask, axis=-1)
 
-    def evaluate(params: dict) -> dict[str, float]:
+    def evaluate(params: dict, per_image: bool = False) -> Any:
+        if per_image:
+            parts_ = [chunk_terms(params, x, k) for (x, _), k in zip(chunks, keys, strict=True)]
+            return np.concatenate([np.asarray(p, np.float64) for p in parts_], axis=1)[:, :n]
         total = sum(chunk_sums(params, x, m, k) for (x, m), k in zip(chunks, keys, strict=True))
         return dict(zip(EVAL_METRICS, (np.asarray(total) / n).tolist(), strict=True))
 
     return evaluate
 
 
-def elbo_per_image(
-    model: VAE,
-    params: dict,
-    images: np.ndarray,
-    mesh: Mesh,
-    key: jax.Array,
-    *,
-    log_lik: objectives.LogLikelihood,
-    noise_scale: float,
-    batch_size: int,
-    num_samples: int,
-) -> np.ndarray:
-    """``[3, N]`` float64: each image's -ELBO, reconstruction and KL term (nats), with the noise
-    of :func:`make_test_evaluator`: its mean over the images is that evaluator's result."""
-    n = len(images)
-    chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
-    fn = jax.jit(_elbo_terms(model, log_lik, noise_scale, num_samples))
-    parts = [fn(params, x, jax.random.fold_in(key, i)) for i, (x, _) in enumerate(chunks)]
-    return np.concatenate([np.asarray(p, np.float64) for p in parts], axis=1)[:, :n]
-
-
-def _elbo_terms(model: VAE, log_lik, noise_scale: float, num_samples: int) -> Callable:
+def _elbo_terms(model: VAE, settings: EvalSettings) -> Callable:
     """``(params, images_u8, key) -> [3, B]``: -ELBO, recon, KL of each image."""
 
     def terms(params, images_u8, key):
         x = to_float(images_u8)
 
         def one(k):
-            t = objectives.elbo_terms(model, params, x, k, log_lik, noise_scale)
+            t = objectives.elbo_terms(model, params, x, k, settings.log_lik, settings.noise_scale)
             return jnp.stack([t.recon + t.kl, t.recon, t.kl])
 
-        return jnp.mean(jax.vmap(one)(jax.random.split(key, num_samples)), axis=0)
+        return jnp.mean(jax.vmap(one)(jax.random.split(key, settings.num_samples)), axis=0)
 
     return terms
 
@@ -160,34 +137,28 @@ def iwae_chunking(n_images: int, k: int, pairs_per_call: int, n_devices: int) ->
 
 
 def iwae_bound(
-    model: VAE,
-    params: dict,
-    images: np.ndarray,
-    mesh: Mesh,
-    key: jax.Array,
-    *,
-    log_lik: objectives.LogLikelihood,
-    noise_scale: float,
-    latent_dim: int,
-    k: int,
-    pairs_per_call: int,
+    parts: Parts, params: dict, images: np.ndarray, key: jax.Array, k: int | None = None
 ) -> IwaeResult:
-    """The ``k``-sample bound of every image, computed in chunks of at most ``pairs_per_call``
-    decodes with a streaming log-sum-exp, under a progress bar. Sample s of image g draws its
-    noise from ``fold_in(fold_in(key, g), s)`` (a run's ``key`` is its IWAE stream)."""
+    """The ``k``-sample bound (default ``eval.iwae_k``) of every image, computed in chunks of
+    at most ``eval.iwae_pairs_per_call`` decodes with a streaming log-sum-exp, under a progress
+    bar. Sample s of image g draws its noise from ``fold_in(fold_in(key, g), s)`` (a run's
+    ``key`` is its IWAE stream)."""
     start = time.perf_counter()
-    n = len(images)
-    per_call, samples = iwae_chunking(n, k, pairs_per_call, mesh.devices.size)
-    batch = parallel.batch_sharding(mesh)
+    n, settings, mesh, model = len(images), parts.evaluation, parts.mesh, parts.model
+    k = k or settings.iwae_k
+    per_call, samples = iwae_chunking(n, k, settings.iwae_pairs_per_call, mesh.devices.size)
+    batch = batch_sharding(mesh)
     chunks = _chunks(images, per_call, mesh)
 
     def accumulate(params, images_u8, image_ids, offset, lse):
         sample_ids = offset + jnp.arange(samples, dtype=jnp.int32)
         eps = jax.lax.with_sharding_constraint(
-            objectives.importance_noise(key, image_ids, sample_ids, latent_dim), batch
+            objectives.importance_noise(key, image_ids, sample_ids, settings.latent_dim), batch
         )
         x = to_float(images_u8)
-        log_w = objectives.log_weights(model, params, x, eps, log_lik, noise_scale)
+        log_w = objectives.log_weights(
+            model, params, x, eps, settings.log_lik, settings.noise_scale
+        )
         log_w = jnp.where(sample_ids < k, log_w, -jnp.inf)
         return jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=-1))
 
@@ -271,23 +242,15 @@ class LatentStats(NamedTuple):
         return int(self.active.sum())
 
 
-def latent_stats(
-    model: VAE,
-    params: dict,
-    images: np.ndarray,
-    mesh: Mesh,
-    *,
-    noise_scale: float,
-    batch_size: int,
-) -> LatentStats:
+def latent_stats(parts: Parts, params: dict, images: np.ndarray) -> LatentStats:
     """Posterior means and stddevs of ``images``, and their statistics (float64)."""
-    n = len(images)
-    chunks = _chunks(images, chunk_size(n, batch_size, mesh.devices.size), mesh)
+    n, settings, mesh, model = len(images), parts.evaluation, parts.mesh, parts.model
+    chunks = _chunks(images, chunk_size(n, settings.batch_size, mesh.devices.size), mesh)
 
     @jax.jit
     def encode(params, images_u8):
         mean, logvar = model.apply({"params": params}, to_float(images_u8), method=VAE.encode)
-        return mean, objectives.sampled_logvar(logvar, noise_scale)
+        return mean, objectives.sampled_logvar(logvar, settings.noise_scale)
 
     parts = [encode(params, x) for x, _ in chunks]
     mean = np.concatenate([np.asarray(m, np.float64) for m, _ in parts])[:n]
@@ -297,8 +260,27 @@ def latent_stats(
     return LatentStats(mean, np.sqrt(var), rate.mean(axis=0), mean.var(axis=0))
 
 
+def posterior_params(model: VAE) -> Callable[[dict, jax.Array], tuple[jax.Array, jax.Array]]:
+    """Jitted ``(params, x) ->`` q(z|x)'s mean and log-variance (``noise_scale`` not
+    included) of float images ``x`` in [0, 1]."""
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, method=VAE.encode))
+
+
 def decoder_means(model: VAE) -> Callable[[dict, jax.Array], jax.Array]:
     """Jitted ``(params, z) ->`` the decoder's pixel means in (0, 1), ``[B, H, W, C]``."""
     return jax.jit(
         lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
     )
+
+
+def reconstructions(model: VAE) -> Callable[[dict, jax.Array], jax.Array]:
+    """Jitted ``(params, images_u8) ->`` the decoder's pixel means at each image's posterior
+    mean (no noise), ``[B, H, W, C]``."""
+
+    @jax.jit
+    def reconstruct(params, images_u8):
+        variables = {"params": params}
+        mean, _ = model.apply(variables, to_float(images_u8), method=VAE.encode)
+        return objectives.decoder_mean(model.apply(variables, mean, method=VAE.decode))
+
+    return reconstruct

@@ -1,172 +1,115 @@
-"""``make eval``: evaluate a run's checkpoint; write ``eval.json``, a table and the figures.
+"""Evaluating a trained run: ``eval.json``, a printed table and the figures.
 
-Uses the run's own config (``config.json``); only ``eval.*`` keys may be overridden, since
-nothing else may differ from what was trained. Also run at the end of training when
-``eval.after_training`` is set.
+:func:`evaluate_trained` works on what is in memory (the parts, the parameters, the dataset):
+training calls it when it ends. ``make eval`` (:func:`evaluate_workdir`) restores the run's
+checkpoint once and calls the same function; it uses the run's own config (``config.json``),
+of which only ``eval.*`` keys may be overridden, since nothing else may differ from what was
+trained.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from vae_jax import parallel
 from vae_jax.atomic_io import write_json
-from vae_jax.config.experiments import override, override_keys
-from vae_jax.config.keys import with_values
-from vae_jax.core import objectives, rng
-from vae_jax.core.models import VAE
+from vae_jax.core import rng
 from vae_jax.core.pixels import to_float
+from vae_jax.core.train_step import TrainState
 from vae_jax.data.datasets import load_dataset
-from vae_jax.data.images import Dataset
-from vae_jax.errors import ConfigError, DataError
+from vae_jax.data.images import Dataset, check_image_shape
 from vae_jax.evaluation.evaluators import (
     ACTIVE_UNIT_THRESHOLD,
-    LatentStats,
     decoder_means,
     iwae_bound,
     latent_stats,
     make_test_evaluator,
 )
+from vae_jax.evaluation.figures import draw_evaluation
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs import plots
 from vae_jax.outputs.workdir import Workdir, is_writer
-
-NUM_TRAVERSAL_DIMS = 10
-NUM_INTERPOLATIONS = 8
-
-
-def apply_eval_overrides(
-    config: ml_collections.ConfigDict, overrides: Sequence[str] | Mapping[str, Any]
-) -> ml_collections.ConfigDict:
-    """``config`` with ``eval.*`` overrides: ``--config.eval.KEY=VALUE`` arguments, or
-    ``{"eval.KEY": value}``; other keys are refused (evaluation uses the run's own config)."""
-    named = dict(overrides) if isinstance(overrides, Mapping) else None
-    for key in named if named is not None else override_keys(overrides):
-        if not key.startswith("eval."):
-            raise ConfigError(
-                f"--config.{key}: evaluation uses the run's own config; only eval.* keys can be "
-                "overridden (e.g. --config.eval.iwae_k=100)"
-            )
-    if named is not None:
-        return with_values(config, named, "evaluation settings")
-    return override(config, overrides)
+from vae_jax.parts import Parts
 
 
 def evaluate(
-    workdir: str | Path,
-    step: int | None = None,
-    dataset: Dataset | None = None,
-    **eval_settings: Any,
+    workdir: str | Path, step: int | None = None, dataset: Dataset | None = None, **eval_settings
 ) -> dict:
-    """:func:`evaluate_run` for notebooks: ``evaluate("runs/z20", iwae_k=5000,
+    """:func:`evaluate_workdir` for notebooks: ``evaluate("runs/z20", iwae_k=5000,
     iwae_test_size=0)`` sets ``eval.iwae_k`` and ``eval.iwae_test_size``."""
     overrides = {f"eval.{k}": v for k, v in eval_settings.items()}
-    return evaluate_run(workdir, overrides, step=step, dataset=dataset)
+    return evaluate_workdir(workdir, overrides, step=step, dataset=dataset)
 
 
-def evaluated_step(workdir: Path) -> int | None:
-    """The checkpoint step that ``eval.json`` describes, if there is one."""
-    try:
-        return int(json.loads(Workdir(workdir).eval_json().read_text())["step"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def evaluate_run(
+def evaluate_workdir(
     workdir: str | Path,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     step: int | None = None,
     dataset: Dataset | None = None,
 ) -> dict:
-    """Evaluate checkpoint ``step`` (default: the newest valid one) of the run in ``workdir``.
-
-    Returns what it writes to ``eval.json`` (``eval_step_<step>.json`` for a chosen step).
-    """
-    workdir = Path(workdir)
-    config, model, state, meta = restore_run(workdir, step)
-    config = apply_eval_overrides(config, overrides)
-    mesh = parallel.make_mesh()
-    parallel.check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+    """``make eval``: checkpoint ``step`` (default: the newest valid one) of the run in
+    ``workdir``, restored once, evaluated by :func:`evaluate_trained`."""
+    run = Workdir(Path(workdir))
+    parts, state, meta = restore_run(run, step, eval_overrides=overrides)
     if dataset is None:
-        dataset = load_dataset(config.data)
-    if tuple(meta["image_shape"]) != dataset.test_images.shape[1:]:
-        raise DataError(
-            f"test images are {dataset.test_images.shape[1:]}, but the run in {workdir} was "
-            f"trained on {tuple(meta['image_shape'])}"
-        )
+        dataset = load_dataset(parts.config.data)
+    check_image_shape(dataset.test_images, parts.image_shape, f"the run in {run.path}")
+    return evaluate_trained(parts, state, meta, dataset, run, step)
+
+
+def evaluate_trained(
+    parts: Parts,
+    state: TrainState,
+    meta: dict,
+    dataset: Dataset,
+    workdir: Workdir,
+    step: int | None = None,
+) -> dict:
+    """Evaluate the parameters of ``state`` (checkpoint ``meta['step']``, epoch
+    ``meta['epoch']``) on ``dataset``'s test images; process 0 writes ``eval.json`` (or
+    ``eval_step_<step>.json`` for a chosen ``step``) and the figures, and prints a table.
+    Returns what it writes."""
     if is_writer():
-        Workdir(workdir).check_writable(Workdir(workdir).eval_figures(step))
+        workdir.check_writable(workdir.eval_figures(step))
     start = time.perf_counter()
-    result = _evaluate(config, model, state.params, state.root, dataset, mesh, meta, workdir, step)
+    result = _evaluate(parts, state, meta, dataset, workdir, step)
     result["seconds"] = time.perf_counter() - start
-    path = Workdir(workdir).eval_json(step)
+    path = workdir.eval_json(step)
     if is_writer():
         write_json(path, result)
         print(format_table(result, path))
     return result
 
 
-def _evaluate(config, model, params, root, dataset, mesh, meta, workdir: Path, step) -> dict:
+def _evaluate(parts: Parts, state, meta, dataset, workdir: Workdir, step) -> dict:
     """The numbers of ``eval.json``, and the figures."""
-    c = config
-    log_lik = objectives.log_likelihood(c.model.likelihood, c.model.obs_stddev)
-    test_images = dataset.test_images
-    elbo = make_test_evaluator(
-        model,
-        test_images,
-        mesh,
-        rng.stream(root, rng.Stream.EVAL),
-        log_lik=log_lik,
-        noise_scale=c.model.noise_scale,
-        batch_size=c.eval.batch_size,
-        num_samples=c.eval.num_samples,
-    )(params)
-    latent = latent_stats(
-        model,
-        params,
-        test_images,
-        mesh,
-        noise_scale=c.model.noise_scale,
-        batch_size=c.eval.batch_size,
-    )
-    iw = iwae_bound(
-        model,
-        params,
-        test_images[: c.eval.iwae_test_size or None],
-        mesh,
-        rng.stream(root, rng.Stream.IWAE),
-        log_lik=log_lik,
-        noise_scale=c.model.noise_scale,
-        latent_dim=c.model.latent_dim,
-        k=c.eval.iwae_k,
-        pairs_per_call=c.eval.iwae_pairs_per_call,
-    )
-    decode = _decoder(model, params)
+    params, root, test_images = state.params, state.root, dataset.test_images
+    elbo = make_test_evaluator(parts, test_images, rng.stream(root, rng.Stream.EVAL))(params)
+    latent = latent_stats(parts, params, test_images)
+    iwae_images = test_images[: parts.evaluation.iwae_test_size or None]
+    iw = iwae_bound(parts, params, iwae_images, rng.stream(root, rng.Stream.IWAE))
+    decode_fn = decoder_means(parts.model)
+
+    def decode(z):
+        return np.asarray(decode_fn(params, jnp.asarray(z, jnp.float32)))
+
     originals = np.asarray(to_float(test_images[: plots.FIGURE_IMAGES]))
     recon = decode(latent.means[: plots.FIGURE_IMAGES])
-    label = f"{workdir.name}: step {meta['step']} (epoch {meta['epoch']})"
-    out = Workdir(workdir).eval_figures(step)
-    drawn = _draw(out, c, decode, latent, originals, recon, root, dataset, label)
-    result = _result(c, meta, workdir, len(test_images), elbo, latent, iw, recon, originals, drawn)
-    return {**result, "figures_dir": str(out.relative_to(workdir))}
+    label = f"{workdir.path.name}: step {meta['step']} (epoch {meta['epoch']})"
+    out = workdir.eval_figures(step)
+    drawn = draw_evaluation(out, parts, decode, latent, originals, recon, root, dataset, label)
+    result = _result(parts.config, meta, workdir.path, len(test_images), elbo, latent, iw)
+    mse = float(np.mean(np.square(recon - originals)))
+    return {**result, "recon_mse_per_pixel_64": mse, "figures": drawn,
+            "figures_dir": str(out.relative_to(workdir.path))}  # fmt: skip
 
 
-def _decoder(model: VAE, params: dict):
-    """``z -> `` decoder means in [0, 1], as numpy."""
-    fn = decoder_means(model)
-    return lambda z: np.asarray(fn(params, jnp.asarray(z, jnp.float32)))
-
-
-def _result(c, meta, workdir, n_test, elbo, latent, iw, recon, originals, drawn) -> dict:
+def _result(c, meta, workdir, n_test, elbo, latent, iw) -> dict:
     return {
         "workdir": str(workdir),
         "step": int(meta["step"]),
@@ -197,88 +140,7 @@ def _result(c, meta, workdir, n_test, elbo, latent, iw, recon, originals, drawn)
         "latent_dim": int(latent.means.shape[1]),
         "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
         "posterior_mean_variance_per_dim": latent.mean_variance.tolist(),
-        "recon_mse_per_pixel_64": float(np.mean(np.square(recon - originals))),
-        "figures": drawn,
     }
-
-
-def _draw(
-    out: Path,
-    config: ml_collections.ConfigDict,
-    decode,
-    latent: LatentStats,
-    originals: np.ndarray,
-    recon: np.ndarray,
-    root: jax.Array,
-    dataset: Dataset,
-    label: str,
-) -> list[str]:
-    """The evaluation's figures (process 0 draws); returns their file names."""
-    if not is_writer():
-        return []
-    z = jax.random.normal(
-        rng.stream(root, rng.Stream.FIGURES), (plots.FIGURE_IMAGES, config.model.latent_dim)
-    )
-    plots.save_panels(
-        out / "eval_samples.png",
-        [("Samples from the prior", plots.make_grid(decode(np.asarray(z))))],
-        label,
-    )
-    plots.save_panels(
-        out / "eval_reconstructions.png",
-        [("Originals", plots.make_grid(originals)), ("Reconstructions", plots.make_grid(recon))],
-        label,
-    )
-    names = ["eval_samples.png", "eval_reconstructions.png"]
-    names += _draw_latent_space(out, decode, latent, originals, label)
-    if config.model.latent_dim == 2:
-        plots.save_manifold(out / "manifold.png", decode, f"{label}: learned manifold")
-        plots.save_latent_scatter(
-            out / "latent_scatter.png",
-            latent.means,
-            dataset.test_labels,
-            f"{label}: test set posterior means",
-        )
-        names += ["manifold.png", "latent_scatter.png"]
-    return names
-
-
-def _draw_latent_space(
-    out: Path, decode, latent: LatentStats, originals: np.ndarray, label: str
-) -> list[str]:
-    """Traversals of the most active dimensions, interpolations, and the KL per dimension."""
-    order = np.argsort(-latent.mean_variance)[:NUM_TRAVERSAL_DIMS]
-    spread = np.sqrt(latent.mean_variance + np.mean(np.square(latent.stddevs), axis=0))
-    plots.save_traversals(
-        out / "traversals.png",
-        decode,
-        latent.means[0],
-        order,
-        spread,
-        latent.rate_per_dim,
-        f"{label}: traversals of the {len(order)} most active dimensions",
-    )
-    names = ["traversals.png"]
-    pairs = min(NUM_INTERPOLATIONS, len(originals) // 2)
-    if pairs:
-        plots.save_interpolations(
-            out / "interpolations.png",
-            decode,
-            latent.means[0 : 2 * pairs : 2],
-            latent.means[1 : 2 * pairs : 2],
-            originals[0 : 2 * pairs : 2],
-            originals[1 : 2 * pairs : 2],
-            f"{label}: interpolations between test images",
-        )
-        names.append("interpolations.png")
-    plots.save_kl_per_dim(
-        out / "kl_per_dim.png",
-        latent.rate_per_dim,
-        latent.mean_variance,
-        ACTIVE_UNIT_THRESHOLD,
-        label,
-    )
-    return [*names, "kl_per_dim.png"]
 
 
 def format_table(r: dict, path: Path) -> str:

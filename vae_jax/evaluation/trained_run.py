@@ -1,83 +1,72 @@
-"""A trained run loaded back from its workdir: its config, model and verified train state
+"""A trained run loaded back from its workdir: its parts and verified train state
 (:func:`restore_run`), and the same for notebooks with encode, decode, sample and bounds
 (:func:`load_run`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
-from jax.sharding import Mesh
 
-from vae_jax import parallel
+from vae_jax.config.experiments import apply_eval_overrides
 from vae_jax.config.saved import from_saved, say_added
-from vae_jax.core import objectives, pixels, rng, train_step
-from vae_jax.core.models import VAE, make_model
-from vae_jax.core.settings import values
-from vae_jax.core.train_step import TrainState, checkpoint_like, make_optimizer
-from vae_jax.data.images import as_uint8
-from vae_jax.errors import ConfigError, DataError
+from vae_jax.core import pixels, rng
+from vae_jax.core.sharding import make_mesh
+from vae_jax.core.train_step import TrainState
+from vae_jax.data.images import as_uint8, check_image_shape
+from vae_jax.errors import ConfigError
 from vae_jax.evaluation import evaluators
 from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
-
-
-def optimizer_for(config: ml_collections.ConfigDict, train_size: int | None = None):
-    """The run's optimizer, its schedule spread over the run's steps on ``train_size`` training
-    images (``None``: for the checkpoint's shapes only, any length will do)."""
-    t = config.train
-    steps = 1 if train_size is None else train_size // t.batch_size * t.num_epochs
-    return make_optimizer(steps, **values(config, train_step.SETTINGS))
-
-
-def checkpoint_like_for(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[[dict], dict]:
-    """``meta -> `` the pytree a checkpoint of this config holds, as shapes, dtypes and
-    (replicated) shardings, for the image shape its ``meta`` records."""
-    tx = optimizer_for(config)
-    repl = parallel.replicated(mesh)
-
-    def like(meta: dict) -> dict:
-        shape = tuple(meta["image_shape"])
-        return checkpoint_like(make_model(shape, **config.model), tx, shape, repl)
-
-    return like
+from vae_jax.parts import Parts, build_parts, checkpoint_shapes
 
 
 def restore_run(
-    workdir: str | Path, step: int | None = None, mesh: Mesh | None = None
-) -> tuple[ml_collections.ConfigDict, VAE, TrainState, dict]:
-    """``(config, model, state, meta)`` of the run in ``workdir``: its newest valid checkpoint,
-    or ``step``. Raises :class:`ConfigError` if there is none."""
-    run = Workdir(Path(workdir))
-    if not run.path.is_dir():
-        raise ConfigError(f"there is no run at {run.path}: train one there first (make train)")
-    saved = run.saved_config()
+    workdir: str | Path | Workdir,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    eval_overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> tuple[Parts, TrainState, dict]:
+    """``(parts, state, meta)`` of the run in ``workdir``: its newest valid checkpoint, or
+    ``step``, on ``mesh`` (default: this machine's devices), its config from ``config.json`` with
+    ``eval_overrides`` (``eval.*`` keys only). Raises :class:`ConfigError` if there is none."""
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+    if not workdir.path.is_dir():
+        raise ConfigError(f"there is no run at {workdir.path}: train one there first (make train)")
+    saved = workdir.saved_config()
     if saved is None:
-        raise ConfigError(f"{run.path} holds no vae_jax run (no config.json)")
-    config, added = from_saved(saved, str(run.config_path))
-    say_added(added, str(run.config_path))
-    if not run.checkpoints.is_dir():
-        raise ConfigError(f"{run.path} has no checkpoint yet")
-    like = checkpoint_like_for(config, mesh or parallel.make_mesh())
-    checkpointer = Checkpointer(run.checkpoints, config.checkpoint.max_to_keep, read_only=True)
+        raise ConfigError(f"{workdir.path} holds no vae_jax run (no config.json)")
+    config, added = from_saved(saved, str(workdir.config_path))
+    say_added(added, str(workdir.config_path))
+    config = apply_eval_overrides(config, eval_overrides)
+    if not workdir.checkpoints.is_dir():
+        raise ConfigError(f"{workdir.path} has no checkpoint yet")
+    mesh = mesh or make_mesh()
+
+    def shapes(meta: dict) -> dict:
+        return checkpoint_shapes(build_parts(config, tuple(meta["image_shape"]), mesh))
+
+    checkpointer = Checkpointer(workdir.checkpoints, config.checkpoint.max_to_keep, read_only=True)
     try:
         if step is not None and step not in checkpointer.steps():
             steps = ", ".join(map(str, checkpointer.steps())) or "none"
-            raise ConfigError(f"{run.path} has no checkpoint at step {step}; steps there: {steps}")
+            raise ConfigError(
+                f"{workdir.path} has no checkpoint at step {step}; steps there: {steps}"
+            )
         restored = (
-            checkpointer.restore_latest_valid(like)
+            checkpointer.restore_latest_valid(shapes)
             if step is None
-            else checkpointer.restore(step, like)
+            else checkpointer.restore(step, shapes)
         )
     finally:
         checkpointer.close()
     if restored is None:
-        raise ConfigError(f"{run.path} has no checkpoint yet")
-    model = make_model(tuple(restored.meta["image_shape"]), **config.model)
-    return config, model, restored.state["train_state"], restored.meta
+        raise ConfigError(f"{workdir.path} has no checkpoint yet")
+    parts = build_parts(config, tuple(restored.meta["image_shape"]), mesh)
+    return parts, restored.state["train_state"], restored.meta
 
 
 class TrainedRun:
@@ -88,24 +77,18 @@ class TrainedRun:
     array; bounds are in nats per image.
     """
 
-    def __init__(self, config, model: VAE, state: TrainState, meta: dict, mesh: Mesh):
-        self.config, self.model, self.meta, self.mesh = config, model, meta, mesh
+    def __init__(self, parts: Parts, state: TrainState, meta: dict):
+        self.parts, self.config, self.meta = parts, parts.config, meta
         self.params = state.params
         self.step = int(meta["step"])
-        self.image_shape = tuple(meta["image_shape"])
+        self.image_shape = parts.image_shape
         self._root = state.root
-        m = config.model
-        self._objective = {
-            "log_lik": objectives.log_likelihood(m.likelihood, m.obs_stddev),
-            "noise_scale": m.noise_scale,
-        }
-        self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=VAE.encode))
-        self._decode = evaluators.decoder_means(model)
+        self._encode = evaluators.posterior_params(parts.model)
+        self._decode = evaluators.decoder_means(parts.model)
 
     def _images(self, images) -> np.ndarray:
         images = as_uint8(images, "images")
-        if images.shape[1:] != self.image_shape:
-            raise DataError(f"images are {images.shape[1:]}; this run takes {self.image_shape}")
+        check_image_shape(images, self.image_shape, "this run")
         return images
 
     def _batched(self, fn, array: np.ndarray) -> list:
@@ -138,38 +121,17 @@ class TrainedRun:
         samples). Without ``key``, the run's own test noise: on the run's test images, the mean
         is minus the ``test_neg_elbo_nats`` it logged."""
         key = rng.stream(self._root, rng.Stream.EVAL) if key is None else key
-        neg = evaluators.elbo_per_image(
-            self.model,
-            self.params,
-            self._images(images),
-            self.mesh,
-            key,
-            **self._objective,
-            batch_size=self.config.eval.batch_size,
-            num_samples=self.config.eval.num_samples,
-        )
-        return -neg[0]
+        evaluate = evaluators.make_test_evaluator(self.parts, self._images(images), key)
+        return -evaluate(self.params, per_image=True)[0]
 
     def iwae(self, images, key: jax.Array | None = None, k: int | None = None) -> np.ndarray:
         """Each image's IWAE bound on log p(x) in nats with ``k`` samples (default
         ``eval.iwae_k``); without ``key``, the run's own evaluation noise."""
-        result = evaluators.iwae_bound(
-            self.model,
-            self.params,
-            self._images(images),
-            self.mesh,
-            rng.stream(self._root, rng.Stream.IWAE) if key is None else key,
-            **self._objective,
-            latent_dim=self.config.model.latent_dim,
-            k=k or self.config.eval.iwae_k,
-            pairs_per_call=self.config.eval.iwae_pairs_per_call,
-        )
-        return result.bounds
+        key = rng.stream(self._root, rng.Stream.IWAE) if key is None else key
+        return evaluators.iwae_bound(self.parts, self.params, self._images(images), key, k).bounds
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> TrainedRun:
     """The run in ``workdir`` at its newest valid checkpoint (or ``step``), on this machine's
     devices (a run trained on a GPU loads on a CPU)."""
-    mesh = parallel.make_mesh()
-    config, model, state, meta = restore_run(workdir, step, mesh)
-    return TrainedRun(config, model, state, meta, mesh)
+    return TrainedRun(*restore_run(workdir, step))

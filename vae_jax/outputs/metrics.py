@@ -18,13 +18,6 @@ import numpy as np
 from vae_jax.atomic_io import atomic_write_text
 from vae_jax.outputs.workdir import is_writer
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 PERF_KEYS = ("images_per_sec", "train_seconds", "eval_seconds")
 
 

@@ -96,6 +96,10 @@ def save_panels(path: Path, panels: Sequence[tuple[str, np.ndarray]], title: str
     save_figure(fig, path)
 
 
+def originals_path(figures_dir: Path) -> Path:
+    return figures_dir / "originals.png"
+
+
 def recon_path(figures_dir: Path, epoch: int) -> Path:
     return figures_dir / f"recon_epoch_{epoch:02d}.png"
 
@@ -111,7 +115,7 @@ def save_reconstructions_figure(
     panels = [
         (f"Reconstructions, epoch {early_epoch}", load_png(recon_path(figures_dir, early_epoch))),
         (f"Reconstructions, epoch {late_epoch}", load_png(recon_path(figures_dir, late_epoch))),
-        ("Originals", load_png(figures_dir / "originals.png")),
+        ("Originals", load_png(originals_path(figures_dir))),
     ]
     path = figures_dir / "reconstructions.png"
     save_panels(path, panels, title)

@@ -4,7 +4,8 @@ The check of a run's config against the one saved here (the resume diff) is
 :func:`vae_jax.config.check_resumable`.
 
 Layout: ``config.json`` (the resolved config), ``metrics.jsonl``, ``tensorboard/``,
-``checkpoints/`` (Orbax), ``figures/`` (PNGs), ``eval.json`` (``eval_step_<N>.json``), ``.lock``.
+``checkpoints/`` (Orbax), ``figures/`` (PNGs), ``eval.json`` (``eval_step_<N>.json``),
+``curve.json``, ``.lock``. Only this class knows the names; everything else asks it.
 
 One process at a time: :meth:`Workdir.lock` takes an exclusive ``flock`` on ``.lock``, which the
 kernel releases when the process ends however it ends, so a crashed run never leaves a stale
@@ -30,6 +31,12 @@ from vae_jax.errors import ConfigError, WorkdirError
 LOCK_NAME = ".lock"
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def is_writer() -> bool:
     """Only process 0 writes the workdir (config, metrics, figures, lock); in a multi-process
     run the others compute alongside it and take part in the collective checkpoint saves."""
@@ -44,11 +51,32 @@ class Workdir:
         self.tensorboard = self.path / "tensorboard"
         self.checkpoints = self.path / "checkpoints"
         self.figures = self.path / "figures"
+        self.curve_json = self.path / "curve.json"
+        self.curve_figure = self.figures / "nll_vs_cpu_minutes.png"
         self._lock_fd: int | None = None
 
     def eval_json(self, step: int | None = None) -> Path:
         """The evaluation of the newest checkpoint, or of checkpoint ``step``."""
         return self.path / ("eval.json" if step is None else f"eval_step_{step}.json")
+
+    def history(self) -> list[dict]:
+        """The per-epoch records of ``metrics.jsonl`` (none if it is missing)."""
+        return read_jsonl(self.metrics)
+
+    def evaluation(self) -> dict | None:
+        """``eval.json`` (the evaluation of the newest checkpoint), if it can be read."""
+        try:
+            result = json.loads(self.eval_json().read_text())
+        except (OSError, ValueError):
+            return None
+        return result if isinstance(result, dict) else None
+
+    def evaluated_step(self) -> int | None:
+        """The checkpoint step that ``eval.json`` describes, if there is one."""
+        try:
+            return int((self.evaluation() or {})["step"])
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def saved_config(self) -> dict | None:
         """The parsed ``config.json``, or None if there is none."""

@@ -17,15 +17,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
-import ml_collections
 
-from vae_jax import parallel
 from vae_jax.config.keys import to_json_dict
+from vae_jax.core.sharding import make_mesh
 from vae_jax.data.datasets import load_dataset
 from vae_jax.data.images import Dataset
 from vae_jax.errors import ConfigError, NonFiniteError
-from vae_jax.evaluation.run import evaluated_step
-from vae_jax.outputs.metrics import read_jsonl
+from vae_jax.outputs.workdir import Workdir
 from vae_jax.sweeps import grid as sweep_grid
 from vae_jax.sweeps import summary as sweep_summary
 from vae_jax.sweeps.grid import Point
@@ -45,12 +43,11 @@ def default_root(sweep: str) -> Path:
     return Path("runs") / "sweeps" / sweep
 
 
-def vmap_pays_off(config: ml_collections.ConfigDict, platform: str) -> bool:
+def vmap_pays_off(platform: str) -> bool:
     """``--vmap auto``: vmap on accelerators, not on CPU. ``make bench-sweep`` on 2 CPU cores
     (README, "Sweeps") measured no gain there for either model: one model's step already keeps
     both cores busy. On a GPU or TPU a step of these small models leaves the device mostly idle;
     that is where training several together should pay (not measured yet: no GPU was lent)."""
-    del config  # kept in the signature: the choice may come to depend on the model
     return platform != "cpu"
 
 
@@ -60,12 +57,12 @@ def plan(
     """``(finished points, units to train)``; a unit is one point or a group to vmap."""
     finished, todo = [], []
     for p in points:
-        path = root / p.name
-        done = is_finished(read_jsonl(path / "metrics.jsonl"), evaluated_step(path), p.config)
+        run = Workdir(root / p.name)
+        done = is_finished(run.history(), run.evaluated_step(), p.config)
         (finished if done else todo).append(p)
     units: dict[str, list[Point]] = {}
     for p in todo:
-        together = vmap == "on" or (vmap == "auto" and vmap_pays_off(p.config, platform))
+        together = vmap == "on" or (vmap == "auto" and vmap_pays_off(platform))
         key = together_key(p.config) if together else p.name
         units.setdefault(key, []).append(p)
     return finished, list(units.values())
@@ -96,7 +93,7 @@ def run_sweep(
     i, n = sweep_grid.parse_shard(shard)
     root = Path(root) if root is not None else default_root(sweep_name)
     mine = sweep_grid.shard(sweep.points, i, n)
-    mesh = parallel.make_mesh()
+    mesh = make_mesh()
     for p in mine:  # refuse a clash with an existing run before training anything
         check_runs([Run(p.config, root / p.name)], mesh, force=False)
     finished, units = plan(mine, root, vmap, jax.default_backend())

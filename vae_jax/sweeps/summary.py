@@ -1,7 +1,7 @@
 """A sweep's summary: ``summary.csv``, ``summary.md`` and PNG plots in the sweep's folder.
 
-One row per finished point (trained to its last epoch), read from the point's
-``metrics.jsonl`` and ``eval.json``; every number is in nats per image (test set). The columns
+One row per finished point (trained to its last epoch), read from the point's workdir
+(its history and its evaluation); every number is in nats per image (test set). The columns
 and the plots follow the sweep's own grid keys (:class:`Layout`): the first key is the x-axis,
 each value of the second a line, each combination of the others a panel; only ``seed`` is
 averaged (into error bars), never another key.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -20,8 +19,8 @@ import numpy as np
 
 from vae_jax.atomic_io import atomic_write_text
 from vae_jax.outputs import plots
-from vae_jax.outputs.metrics import read_jsonl
 from vae_jax.outputs.plots import plt
+from vae_jax.outputs.workdir import Workdir
 from vae_jax.sweeps.grid import Sweep, short_names
 
 METRICS = (
@@ -59,16 +58,14 @@ class Layout(NamedTuple):
         )
 
 
-def _row(path: Path, point, names: dict[str, str]) -> dict | None:
-    history = read_jsonl(path / "metrics.jsonl")
+def _row(run: Workdir, point, names: dict[str, str]) -> dict | None:
+    history = run.history()
     if len(history) < point.config.train.num_epochs:
         return None
     last = history[-1]
-    ev = {}
-    if (path / "eval.json").exists():
-        ev = json.loads((path / "eval.json").read_text())
-        if ev.get("step") != last["step"]:  # of an earlier checkpoint: not this run's result
-            ev = {}
+    ev = run.evaluation() or {}
+    if ev.get("step") != last["step"]:  # of an earlier checkpoint: not this run's result
+        ev = {}
     wall = sum(r["train_seconds"] + r["eval_seconds"] + r["compile_seconds"] for r in history)
     return {
         "point": point.name,
@@ -89,7 +86,7 @@ def _row(path: Path, point, names: dict[str, str]) -> dict | None:
 def collect(root: Path, sweep: Sweep) -> list[dict]:
     """The rows of the points that have finished, in grid order."""
     names = Layout.of(sweep).names
-    rows = [_row(root / p.name, p, names) for p in sweep.points]
+    rows = [_row(Workdir(root / p.name), p, names) for p in sweep.points]
     return [r for r in rows if r is not None]
 
 
@@ -268,7 +265,7 @@ def plot_reconstructions(root: Path, sweep: Sweep, layout: Layout, epoch: int, p
         ax.set_xticks([])
         ax.set_yticks([])
     for p in points:
-        png = plots.recon_path(root / p.name / "figures", epoch)
+        png = plots.recon_path(Workdir(root / p.name).figures, epoch)
         r = row_vals.index(p.values[row_key]) + 1 if row_key else 1
         c = col_vals.index(tuple(p.values[k] for k in col_keys))
         if png.exists():
@@ -278,7 +275,7 @@ def plot_reconstructions(root: Path, sweep: Sweep, layout: Layout, epoch: int, p
         if c == 0 and row_key:
             label = _label([row_key], (p.values[row_key],), names).replace("=", "\n= ")
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    originals = root / points[0].name / "figures" / "originals.png"
+    originals = plots.originals_path(Workdir(root / points[0].name).figures)
     if originals.exists():
         plots.show(axes[0, 0], _first_images(originals))
     axes[0, 0].set_ylabel("originals", rotation=0, ha="right", va="center", fontsize=8)

@@ -1,16 +1,17 @@
 """The epoch loop around the pure step of :mod:`vae_jax.core.train_step`.
 
-:func:`train` trains one run (or several together, their step vmapped) to its last epoch.
-The step is compiled once, ahead of time, and runs under ``jax.transfer_guard("disallow")``;
-the loop syncs with the host once per epoch and whenever it saves. A checkpoint is saved after
-every epoch, every ``checkpoint.every_steps`` steps and ``every_seconds`` seconds (when set),
-and when SIGTERM/SIGINT asks the run to stop; each holds the step, so a run resumes from any of
-them exactly where it stopped (README, "Interrupted runs").
+:func:`train` trains one run, or several together (their step vmapped), to its last epoch:
+compile the step once, then run steps until the epoch ends or a pause is due (a save, a stop),
+end the epoch (test -ELBO, figures, the record), save, write. The step runs under
+``jax.transfer_guard("disallow")``; the loop syncs with the host once per epoch and whenever it
+saves. A checkpoint is saved after every epoch, every ``checkpoint.every_steps`` steps and
+``every_seconds`` seconds (when set), and when SIGTERM/SIGINT asks the run to stop; each holds
+the step, so a run resumes from any of them exactly where it stopped (README, "Interrupted
+runs").
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,33 +20,27 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from jax.sharding import Mesh
 from tqdm import tqdm
 
-from vae_jax import parallel
-from vae_jax.core import objectives, rng
-from vae_jax.core.conv_ops import compile_fast
-from vae_jax.core.models import VAE
-from vae_jax.core.pixels import to_float
-from vae_jax.core.settings import flatten, values
+from vae_jax.core.settings import flatten
+from vae_jax.core.sharding import batch_sharding, replicated
 from vae_jax.core.train_step import (
     TRAIN_METRICS,
     EpochSums,
     TrainState,
     checkpoint_tree,
     epoch_permutation,
-    init_state,
     make_train_step,
     zero_sums,
 )
 from vae_jax.data.images import Dataset
 from vae_jax.errors import NonFiniteError, TrainingInterrupted
-from vae_jax.evaluation.evaluators import make_test_evaluator
-from vae_jax.outputs import plots
+from vae_jax.evaluation.epoch_end import make_epoch_end
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
 from vae_jax.outputs.metrics import MetricsWriter, cpu_cores
 from vae_jax.outputs.workdir import Workdir, is_writer
+from vae_jax.parallel import compile_fast
+from vae_jax.parts import Parts, init_state
 from vae_jax.training.stopping import Pause, StopRequest
 
 
@@ -59,164 +54,244 @@ class Member(NamedTuple):
     restored: Restored | None
 
 
-class Group(NamedTuple):
-    """How ``size`` runs trained together are held: one run's trees as they are, several
-    stacked along a new leading axis, with the step and the permutation vmapped over it."""
+class CompiledStep(NamedTuple):
+    """The train step of ``models`` runs compiled once for the devices, and the epoch order."""
 
-    size: int
+    step: Callable  # (state, sums, images, perm) -> (state, sums)
+    permute: Callable  # (state.rng, epoch) -> the epoch's permutation of the training set
+    seconds: float  # spent compiling
+    models: int
 
-    def join(self, trees: list) -> Any:
-        return trees[0] if self.size == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
-    def part(self, tree: Any, i: int) -> Any:
-        return tree if self.size == 1 else jax.tree.map(lambda x: x[i], tree)
+class Segment(NamedTuple):
+    """What :func:`run_steps` did without a host sync: from a start to the epoch's end or a
+    pause."""
 
-    def mapped(self, fn: Callable, in_axes: tuple) -> Callable:
-        return fn if self.size == 1 else jax.vmap(fn, in_axes=in_axes)
+    state: TrainState
+    sums: EpochSums
+    step: int  # global step reached
+    steps: int  # steps run in this segment
+    seconds: float
+    losses: list[tuple[int, list[float]]]  # (step, each run's mean loss so far this epoch)
 
 
 def train(
-    members: list[Member], model: VAE, tx: optax.GradientTransformation, mesh: Mesh, data: Dataset
-) -> list[list[dict]]:
-    """Train every member to its ``train.num_epochs`` (all equal), in lockstep from the same
-    step; their configs differ at most in ``seed`` and ``model.noise_scale``. Returns each
-    member's history: one record per epoch, losses in nats per image."""
-    config, group = members[0].config, Group(len(members))
-    num_epochs = config.train.num_epochs
-    state, sums, histories = _start(members, group, model, tx, data.image_shape, mesh)
-    step = members[0].restored.step if members[0].restored else 0
-    scales = [m.config.model.noise_scale for m in members]
-    trainer = make_trainer(config, model, tx, mesh, data.train_images, state, sums, group, scales)
-    roots = [group.part(state, i).root for i in range(group.size)]
-    outputs = [
-        EpochOutputs(model, m, mesh, data.test_images, r)
-        for m, r in zip(members, roots, strict=True)
+    parts: list[Parts], members: list[Member], data: Dataset
+) -> list[tuple[TrainState, list[dict]]]:
+    """Train every member (``parts[i]`` are member i's) to ``train.num_epochs``, in lockstep
+    from the same step; their configs differ at most in ``seed`` and ``model.noise_scale``.
+    Returns each member's final state and history: one record per epoch, losses in nats per
+    image."""
+    shared, models = parts[0], len(members)
+    config, steps_per_epoch = shared.config, shared.steps_per_epoch
+    state, sums, histories = _start(shared, members)
+    restored = members[0].restored
+    step, saved_step = (restored.step, restored.step) if restored else (0, None)
+    images = jax.device_put(data.train_images, replicated(shared.mesh))
+    zeros = jax.device_put(join_runs([zero_sums()] * models), replicated(shared.mesh))
+    compiled = compile_step(shared, state, sums, images, [p.evaluation.noise_scale for p in parts])
+    epoch_ends = [
+        make_epoch_end(
+            p, m.name, m.workdir.figures, data.test_images, one_run(state, i, models).root
+        )
+        for i, (p, m) in enumerate(zip(parts, members, strict=True))
     ]
     writers = [MetricsWriter(m.workdir.metrics, m.workdir.tensorboard) for m in members]
     for writer, history in zip(writers, histories, strict=True):
         writer.write(history)  # metrics.jsonl matches the checkpoint, after any crash
-    saver = Saver(members, group, data.image_shape)
-    clock = EpochClock(trainer.compile_seconds, config.train.batch_size)
-    spe = trainer.steps_per_epoch
-    _print_start(members, mesh, data, step, spe)
+    _print_start(shared, members, data, step)
+    clock = _epoch_time(compiled.seconds)
     with StopRequest() as stop:  # from here on, SIGTERM/SIGINT stop cleanly, with a checkpoint
         c = config.checkpoint
         pause = Pause(stop, c.every_steps, c.every_seconds, config.train.log_every_steps)
-        while len(histories[0]) < num_epochs and not pause.stopping:
-            epoch, start = step // spe + 1, step % spe
-            sums = trainer.zeros if start == 0 else sums
-            segment = trainer.run(state, sums, epoch, start, pause)
+        while len(histories[0]) < config.train.num_epochs and not pause.stopping:
+            epoch, start = step // steps_per_epoch + 1, step % steps_per_epoch
+            sums = zeros if start == 0 else sums
+            segment = run_steps(shared, compiled, state, sums, images, epoch, start, pause)
             state, sums, step = segment.state, segment.sums, segment.step
-            clock.add(segment)
-            for i, writer in enumerate(writers):
-                writer.write_losses([(s, losses[i]) for s, losses in segment.losses])
-            _raise_if_nonfinite(members, group, trainer, state, sums)
-            if step % spe == 0:
-                _end_epoch(epoch, step, state, sums, histories, outputs, writers, clock, trainer)
-            if saver.save(step, state, sums, histories):
+            clock = clock.add(segment)
+            _write_losses(writers, segment.losses)
+            _raise_if_nonfinite(shared, members, state, sums, len(data.train_images))
+            if step % steps_per_epoch == 0:
+                _end_epoch(shared, epoch, step, state, sums, histories, epoch_ends, writers, clock)
+                clock = _epoch_time()
+            if step != saved_step:
+                saved_step = _save(members, step, state, sums, histories, shared.image_shape)
                 pause.saved()
-            if step % spe == 0:
-                _write_epoch(members, writers, histories, num_epochs)
-        saver.save(step, state, sums, histories)  # a stop before the first step saves too
-    _finish(members, writers, histories, num_epochs)
-    if len(histories[0]) < num_epochs or pause.stopping:  # a stop in the last epoch skips eval
-        raise _interrupted(pause.signum, step, spe)
-    return histories
+            if step % steps_per_epoch == 0:
+                _write_epoch(members, writers, histories, config.train.num_epochs)
+        if step != saved_step:  # a stop before the first step saves too
+            _save(members, step, state, sums, histories, shared.image_shape)
+    _finish(members, writers, histories)
+    if len(histories[0]) < config.train.num_epochs or pause.stopping:  # skips the evaluation
+        raise _interrupted(pause.signum, step, steps_per_epoch)
+    return [(one_run(state, i, models), histories[i]) for i in range(models)]
 
 
-def make_trainer(
-    config: ml_collections.ConfigDict,
-    model: VAE,
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    train_images: np.ndarray,
-    state: TrainState,
-    sums: EpochSums,
-    group: Group,
-    noise_scales: list[float],
-) -> EpochTrainer:
-    """The step loop with ``config``'s settings (those shared by runs trained together), one
-    noise scale per run."""
-    return EpochTrainer(
-        tx,
-        mesh,
-        train_images,
-        state,
-        sums,
-        group,
-        batch_size=config.train.batch_size,
-        log_every=config.train.log_every_steps,
-        num_epochs=config.train.num_epochs,
-        loss_fn=objectives.make_loss(model, **values(config, objectives.SETTINGS)),
-        dynamic_binarize=config.data.binarize == "dynamic",
-        noise_scales=noise_scales,
-    )
+class EpochTime(NamedTuple):
+    """The epoch's training seconds and steps so far (its segments add up), the seconds it
+    spent compiling, and the process's CPU clock when it started."""
+
+    seconds: float
+    steps: int
+    compile_seconds: float
+    cpu_start: float
+
+    def add(self, segment: Segment) -> EpochTime:
+        return self._replace(seconds=self.seconds + segment.seconds,
+                             steps=self.steps + segment.steps)  # fmt: skip
 
 
-def _finish(members: list[Member], writers: list, histories: list, num_epochs: int) -> None:
-    """Close the writers (with the hparams of finished runs) and say where the runs are."""
-    finished = len(histories[0]) == num_epochs
-    for m, writer, history in zip(members, writers, histories, strict=True):
-        if finished:
-            writer.write_hparams(flatten(m.config), history[-1])
-        writer.close()
-        if finished:
-            print(f"Done: {m.workdir.path} (figures in {m.workdir.figures}, metrics in "
-                  f"{m.workdir.metrics})")  # fmt: skip
+def _epoch_time(compile_seconds: float = 0.0) -> EpochTime:
+    return EpochTime(0.0, 0, compile_seconds, time.process_time())
 
 
-def _start(
-    members: list[Member],
-    group: Group,
-    model: VAE,
-    tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
-    mesh: Mesh,
-) -> tuple[TrainState, EpochSums, list[list[dict]]]:
+def join_runs(trees: list) -> Any:
+    """One run's tree as it is; several runs' stacked along a new leading axis."""
+    return trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def one_run(tree: Any, i: int, models: int) -> Any:
+    """Run ``i``'s tree of :func:`_join`'s."""
+    return tree if models == 1 else jax.tree.map(lambda x: x[i], tree)
+
+
+def _start(parts: Parts, members: list[Member]) -> tuple[TrainState, EpochSums, list[list[dict]]]:
     """The members' states and epoch sums (restored, or fresh), joined, and their histories."""
-    repl = parallel.replicated(mesh)
     states, sums, histories = [], [], []
     for m in members:
         if m.restored is None:
-            init = functools.partial(init_state, m.config.seed, model, tx, image_shape)
-            states.append(jax.jit(init, out_shardings=repl)())
-            sums.append(jax.device_put(zero_sums(), repl))
+            states.append(init_state(parts, m.config.seed))
+            sums.append(jax.device_put(zero_sums(), replicated(parts.mesh)))
             histories.append([])
         else:
             states.append(m.restored.state["train_state"])
             sums.append(m.restored.state["epoch_sums"])
             histories.append(m.restored.meta["history"])
-    return group.join(states), group.join(sums), histories
+    return join_runs(states), join_runs(sums), histories
 
 
-def _print_start(members: list[Member], mesh: Mesh, data: Dataset, step: int, spe: int) -> None:
-    n_train, batch_size = len(data.train_images), members[0].config.train.batch_size
+def compile_step(
+    parts: Parts, state: TrainState, sums: EpochSums, images: jax.Array, noise_scales: list[float]
+) -> CompiledStep:
+    """The train step of ``len(noise_scales)`` runs (vmapped over their states, sums and noise
+    scales when several), compiled ahead of time for these arrays' shapes and shardings: a call
+    with others fails loudly instead of silently recompiling."""
+    models, repl, n = len(noise_scales), replicated(parts.mesh), len(images)
+    train_step = make_train_step(
+        parts.tx,
+        parts.loss_fn,
+        batch_size=parts.config.train.batch_size,
+        steps_per_epoch=parts.steps_per_epoch,
+        dynamic_binarize=parts.config.data.binarize == "dynamic",
+        batch_sharding=batch_sharding(parts.mesh),
+    )
+
+    def permute(key_data, epoch):
+        return epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n)
+
+    scales: float | jax.Array = noise_scales[0]
+    if models > 1:
+        train_step = jax.vmap(train_step, in_axes=(0, 0, None, 0, 0))
+        permute = jax.vmap(permute, in_axes=(0, None))
+        scales = jnp.asarray(noise_scales, jnp.float32)
+    permute = jax.jit(permute, out_shardings=repl)
+
+    def step(state, sums, images, perm):
+        return train_step(state, sums, images, perm, scales)
+
+    start = time.perf_counter()
+    state_sharding = jax.tree.map(lambda _: repl, state)
+    sums_sharding = jax.tree.map(lambda _: repl, sums)
+    lowered = jax.jit(
+        step,
+        in_shardings=(state_sharding, sums_sharding, repl, repl),
+        out_shardings=(state_sharding, sums_sharding),
+        donate_argnums=0,
+    ).lower(state, sums, images, permute(state.rng, jnp.int32(0)))
+    return CompiledStep(compile_fast(lowered), permute, time.perf_counter() - start, models)
+
+
+def run_steps(
+    parts: Parts,
+    compiled: CompiledStep,
+    state: TrainState,
+    sums: EpochSums,
+    images: jax.Array,
+    epoch: int,
+    start: int,
+    pause: Callable[[int], bool],
+) -> Segment:
+    """Run epoch ``epoch`` (1-based) from its step ``start`` to its end, or until
+    ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
+    steps_per_epoch, t = parts.steps_per_epoch, parts.config.train
+    perm = compiled.permute(state.rng, jnp.int32(epoch - 1))
+    per_step = t.batch_size * compiled.models  # images/s counts every run's images
+    bar = tqdm(total=steps_per_epoch * per_step, initial=start * per_step,
+               desc=f"epoch {epoch}/{t.num_epochs}", unit="img", unit_scale=True, leave=False,
+               disable=not is_writer(), mininterval=0.5)  # fmt: skip
+    t0 = time.perf_counter()
+    i, step = start, (epoch - 1) * steps_per_epoch + start
+    logged = None  # (sums, i, step) at the previous log point, computed by now: read, no stall
+    losses = []
+    # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
+    with jax.transfer_guard("disallow"):
+        while i < steps_per_epoch:
+            state, sums = compiled.step(state, sums, images, perm)
+            i, step = i + 1, step + 1
+            if i % t.log_every_steps == 0 or i == steps_per_epoch:
+                if logged is not None:
+                    seen = jax.device_get(logged[0])
+                    if np.any(seen.first_bad >= 0):
+                        break
+                    means = np.reshape(seen.metrics, (-1, len(TRAIN_METRICS)))[:, 0] / logged[1]
+                    losses.append((logged[2], means.tolist()))
+                    bar.set_postfix(loss="/".join(f"{v:.2f}" for v in means), refresh=False)
+                bar.update(i * per_step - bar.n)
+                logged = (sums, i, step)
+            if pause(step):
+                break
+        jax.block_until_ready(sums)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    return Segment(state, sums, step, i - start, seconds, losses)
+
+
+def _print_start(parts: Parts, members: list[Member], data: Dataset, step: int) -> None:
+    n_train, batch_size = len(data.train_images), parts.config.train.batch_size
+    steps_per_epoch = parts.steps_per_epoch
     where = members[0].workdir.path if len(members) == 1 else f"{len(members)} runs under jax.vmap"
+    resuming = f" | resuming at step {step} (epoch {step // steps_per_epoch + 1})"
     print(
-        f"vae_jax {members[0].name or 'run'}: {where} | {mesh.devices.size} "
+        f"vae_jax {members[0].name or 'run'}: {where} | {parts.mesh.devices.size} "
         f"{jax.devices()[0].platform} device(s) | {n_train} train / {len(data.test_images)} test "
-        f"images, batch {batch_size}, {spe} steps/epoch"
+        f"images, batch {batch_size}, {steps_per_epoch} steps/epoch"
         + (f" (last {n_train % batch_size} of each shuffle unused)" if n_train % batch_size else "")
-        + (f" | resuming at step {step} (epoch {step // spe + 1})" if members[0].restored else "")
+        + (resuming if members[0].restored else "")
     )
 
 
+def _write_losses(writers: list[MetricsWriter], losses: list[tuple[int, list[float]]]) -> None:
+    for i, writer in enumerate(writers):
+        writer.write_losses([(step, each[i]) for step, each in losses])
+
+
 def _end_epoch(
+    parts: Parts,
     epoch: int,
     step: int,
     state: TrainState,
     sums: EpochSums,
     histories: list[list[dict]],
-    outputs: list[EpochOutputs],
+    epoch_ends: list[Callable],
     writers: list[MetricsWriter],
-    clock: EpochClock,
-    trainer: EpochTrainer,
+    clock: EpochTime,
 ) -> None:
     """Evaluate and draw each run, and append its epoch's record to its history."""
-    group, spe = trainer.group, trainer.steps_per_epoch
-    means = np.asarray(jax.device_get(sums.metrics)).reshape(group.size, -1) / spe
-    for i, (history, out) in enumerate(zip(histories, outputs, strict=True)):
-        test, eval_seconds, grids = out.evaluate_and_draw(group.part(state, i).params, epoch)
+    models = len(histories)
+    means = np.asarray(jax.device_get(sums.metrics)).reshape(models, -1) / parts.steps_per_epoch
+    for i, (history, epoch_end) in enumerate(zip(histories, epoch_ends, strict=True)):
+        test, eval_seconds, grids = epoch_end(one_run(state, i, models).params, epoch)
         writers[i].write_images(epoch, grids)
         history.append(
             {
@@ -229,17 +304,33 @@ def _end_epoch(
                 **{f"test_{k}_nats": v for k, v in test.items()},
                 "train_seconds": clock.seconds,
                 # per run: models trained together share the seconds
-                "images_per_sec": clock.images_per_sec,
+                "images_per_sec": clock.steps * parts.config.train.batch_size / clock.seconds,
                 "eval_seconds": eval_seconds,
                 "compile_seconds": clock.compile_seconds,
-                "cpu_seconds": clock.cpu_seconds,
+                "cpu_seconds": time.process_time()
+                - clock.cpu_start,  # training, evaluation, drawing
                 "cpu_cores": cpu_cores(),
-                "devices": trainer.devices,
-                "models_together": group.size,
+                "devices": parts.mesh.devices.size,
+                "models_together": models,
                 "time": time.time(),
             }
         )
-    clock.reset()
+
+
+def _save(
+    members: list[Member],
+    step: int,
+    state: TrainState,
+    sums: EpochSums,
+    histories: list[list[dict]],
+    image_shape: tuple[int, ...],
+) -> int:
+    """Save every member's checkpoint at ``step``; return the step."""
+    for i, m in enumerate(members):
+        tree = checkpoint_tree(one_run(state, i, len(members)), one_run(sums, i, len(members)))
+        meta = {"epoch": len(histories[i]), "step": step, "image_shape": list(image_shape)}
+        m.checkpointer.save(step, tree, {**meta, "history": histories[i]})
+    return step
 
 
 def _write_epoch(
@@ -262,85 +353,49 @@ def format_epoch(record: dict, num_epochs: int) -> str:
     )
 
 
-def _interrupted(signum: int | None, step: int, spe: int) -> TrainingInterrupted:
+def _finish(members: list[Member], writers: list, histories: list) -> None:
+    """Close the writers (with the hparams of finished runs) and say where the runs are."""
+    finished = len(histories[0]) == members[0].config.train.num_epochs
+    for m, writer, history in zip(members, writers, histories, strict=True):
+        if finished:
+            writer.write_hparams(flatten(m.config), history[-1])
+        writer.close()
+        if finished:
+            print(f"Done: {m.workdir.path} (figures in {m.workdir.figures}, metrics in "
+                  f"{m.workdir.metrics})")  # fmt: skip
+
+
+def _interrupted(signum: int | None, step: int, steps_per_epoch: int) -> TrainingInterrupted:
     assert signum is not None
-    done_epochs = (step - 1) // spe if step else 0
-    return TrainingInterrupted(signum, step, done_epochs + 1, step - done_epochs * spe, spe)
-
-
-class Saver:
-    """Saves every member's checkpoint at a step, once per step (when to save is
-    :class:`~vae_jax.training.stopping.Pause`'s decision)."""
-
-    def __init__(self, members: list[Member], group: Group, image_shape: tuple[int, ...]):
-        self.members, self.group, self.image_shape = members, group, list(image_shape)
-        restored = members[0].restored
-        self.saved_step = restored.step if restored else None
-
-    def save(self, step: int, state: TrainState, sums: EpochSums, histories: list) -> bool:
-        """Save at ``step`` unless saved there already; say whether it did."""
-        if step == self.saved_step:
-            return False
-        for i, m in enumerate(self.members):
-            tree = checkpoint_tree(self.group.part(state, i), self.group.part(sums, i))
-            meta = {"epoch": len(histories[i]), "step": step, "image_shape": self.image_shape}
-            m.checkpointer.save(step, tree, {**meta, "history": histories[i]})
-        self.saved_step = step
-        return True
-
-
-class Segment(NamedTuple):
-    """Steps run without a host sync: from a start to the epoch's end or a pause."""
-
-    state: TrainState
-    sums: EpochSums
-    step: int  # global step reached
-    steps: int  # steps run in this segment
-    seconds: float
-    losses: list[tuple[int, list[float]]]  # (step, each run's mean loss so far this epoch)
-
-
-class EpochClock:
-    """The epoch's training seconds and steps so far (segments add up), and compile time."""
-
-    def __init__(self, compile_seconds: float, batch_size: int):
-        self.batch_size = batch_size
-        self.compile_seconds, self.seconds, self.steps = compile_seconds, 0.0, 0
-        self.cpu_start = time.process_time()
-
-    def add(self, segment: Segment) -> None:
-        self.seconds += segment.seconds
-        self.steps += segment.steps
-
-    @property
-    def cpu_seconds(self) -> float:
-        """CPU time of this process (all its threads) since the epoch started: training,
-        evaluation and drawing."""
-        return time.process_time() - self.cpu_start
-
-    @property
-    def images_per_sec(self) -> float:
-        return self.steps * self.batch_size / self.seconds
-
-    def reset(self) -> None:
-        self.compile_seconds, self.seconds, self.steps = 0.0, 0.0, 0
-        self.cpu_start = time.process_time()
+    done_epochs = (step - 1) // steps_per_epoch if step else 0
+    return TrainingInterrupted(
+        signum, step, done_epochs + 1, step - done_epochs * steps_per_epoch, steps_per_epoch
+    )
 
 
 def _raise_if_nonfinite(
-    members: list[Member], group: Group, trainer: EpochTrainer, state: TrainState, sums: EpochSums
+    parts: Parts, members: list[Member], state: TrainState, sums: EpochSums, n_train: int
 ) -> None:
     first_bad = np.asarray(jax.device_get(sums.first_bad)).reshape(-1)
     for i, bad in enumerate(first_bad):
         if bad >= 0:
-            raise _nonfinite_error(trainer, group.part(state, i), int(bad), members[i])
+            one = one_run(state, i, len(members))
+            indices = batch_indices(parts, one, int(bad), n_train)
+            raise _nonfinite_error(parts, members[i], indices, int(bad))
+
+
+def batch_indices(parts: Parts, state: TrainState, step: int, n_train: int) -> list[int]:
+    """Positions in the training set of the batch of global ``step`` (``state``: one run's)."""
+    epoch = jnp.int32(step // parts.steps_per_epoch)
+    perm = jax.device_get(epoch_permutation(state.root, epoch, n_train))
+    offset = (step % parts.steps_per_epoch) * parts.config.train.batch_size
+    return [int(i) for i in perm[offset : offset + parts.config.train.batch_size]]
 
 
 def _nonfinite_error(
-    trainer: EpochTrainer, state: TrainState, first_bad: int, member: Member
+    parts: Parts, member: Member, indices: list[int], first_bad: int
 ) -> NonFiniteError:
-    spe, config = trainer.steps_per_epoch, member.config
-    indices = trainer.batch_indices(state, first_bad)
+    steps_per_epoch, config = parts.steps_per_epoch, member.config
     steps = member.checkpointer.steps()
     newest = (
         f"The newest checkpoint (step {steps[-1]}) predates it and is intact; rerunning the "
@@ -348,212 +403,15 @@ def _nonfinite_error(
         if steps
         else "No checkpoint was saved before it."
     )
-    shown = ", ".join(map(str, indices[:32])) + (", ..." if len(indices) > 32 else "")
+    listed = ", ".join(map(str, indices[:32])) + (", ..." if len(indices) > 32 else "")
     hints = [f"a lower train.learning_rate (now {config.train.learning_rate:g})"]
     if config.model.likelihood == "gaussian":
         hints.append(f"a larger model.obs_stddev (now {config.model.obs_stddev:g})")
     hints.append("checking those images")
     return NonFiniteError(
-        f"non-finite loss or gradient at step {first_bad} (epoch {first_bad // spe + 1}, "
-        f"batch {first_bad % spe + 1} of {spe}) of the run in {member.workdir.path}; the update "
-        f"was not applied and training stopped. The batch held training images [{shown}] "
-        f"(positions in the training set). {newest} Things to try: {'; '.join(hints)}."
+        f"non-finite loss or gradient at step {first_bad} (epoch {first_bad // steps_per_epoch + 1}"
+        f", batch {first_bad % steps_per_epoch + 1} of {steps_per_epoch}) of the run in "
+        f"{member.workdir.path}; the update was not applied and training stopped. The batch held "
+        f"training images [{listed}] (positions in the training set). {newest} Things to try: "
+        f"{'; '.join(hints)}."
     )
-
-
-class EpochTrainer:
-    """The training set on the devices, the train step compiled once, and the step loop.
-
-    For a :class:`Group` of several runs the state and sums hold them along a leading axis,
-    and the step is vmapped over them and their noise scales."""
-
-    def __init__(
-        self,
-        tx: optax.GradientTransformation,
-        mesh: Mesh,
-        train_images: np.ndarray,
-        state: TrainState,
-        sums: EpochSums,
-        group: Group,
-        *,
-        batch_size: int,
-        log_every: int,
-        num_epochs: int,
-        loss_fn: objectives.Loss,
-        dynamic_binarize: bool,
-        noise_scales: list[float],
-    ):
-        self.group, self.batch_size, self.log_every = group, batch_size, log_every
-        self.devices = mesh.devices.size
-        self.num_epochs = num_epochs
-        n = len(train_images)
-        self.steps_per_epoch = n // batch_size
-        repl = parallel.replicated(mesh)
-        self.images = jax.device_put(train_images, repl)
-        self.zeros = jax.device_put(group.join([zero_sums()] * group.size), repl)
-
-        def permute(key_data, epoch):
-            return epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n)
-
-        mapped = group.mapped(
-            make_train_step(
-                tx,
-                loss_fn,
-                batch_size=batch_size,
-                steps_per_epoch=self.steps_per_epoch,
-                dynamic_binarize=dynamic_binarize,
-                batch_sharding=parallel.batch_sharding(mesh),
-            ),
-            (0, 0, None, 0, 0),
-        )
-        scales = noise_scales[0] if group.size == 1 else jnp.asarray(noise_scales, jnp.float32)
-
-        def step(state, sums, images, perm):
-            return mapped(state, sums, images, perm, scales)
-
-        self._permute = jax.jit(group.mapped(permute, (0, None)), out_shardings=repl)
-        self._step, self.compile_seconds = self._compile(step, state, sums, repl)
-
-    def _compile(self, step: Callable, state: TrainState, sums: EpochSums, repl) -> tuple:
-        """The step compiled ahead of time (a later call with other shapes or shardings fails
-        loudly instead of silently recompiling), and the seconds it took."""
-        start = time.perf_counter()
-        state_sharding = jax.tree.map(lambda _: repl, state)
-        sums_sharding = jax.tree.map(lambda _: repl, sums)
-        lowered = jax.jit(
-            step,
-            in_shardings=(state_sharding, sums_sharding, repl, repl),
-            out_shardings=(state_sharding, sums_sharding),
-            donate_argnums=0,
-        ).lower(state, sums, self.images, self._permute(state.rng, jnp.int32(0)))
-        return compile_fast(lowered), time.perf_counter() - start
-
-    def batch_indices(self, state: TrainState, step: int) -> list[int]:
-        """Positions in the training set of the batch of global ``step`` (``state``: one
-        run's)."""
-        epoch = jnp.int32(step // self.steps_per_epoch)
-        perm = jax.device_get(epoch_permutation(state.root, epoch, len(self.images)))
-        offset = (step % self.steps_per_epoch) * self.batch_size
-        return [int(i) for i in perm[offset : offset + self.batch_size]]
-
-    def run(
-        self,
-        state: TrainState,
-        sums: EpochSums,
-        epoch: int,
-        start: int,
-        pause: Callable[[int], bool],
-    ) -> Segment:
-        """Run epoch ``epoch`` (1-based) from its step ``start`` to its end, or until
-        ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
-        spe = self.steps_per_epoch
-        perm = self._permute(state.rng, jnp.int32(epoch - 1))
-        per_step = self.batch_size * self.group.size  # images/s counts every run's images
-        bar = tqdm(
-            total=spe * per_step,
-            initial=start * per_step,
-            desc=f"epoch {epoch}/{self.num_epochs}",
-            unit="img",
-            unit_scale=True,
-            leave=False,
-            disable=not is_writer(),
-            mininterval=0.5,
-        )
-        t0 = time.perf_counter()
-        i, step = start, (epoch - 1) * spe + start
-        shown = None  # (sums, i, step) of the previous log point, computed by now: no stall
-        losses = []
-        # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
-        with jax.transfer_guard("disallow"):
-            while i < spe:
-                state, sums = self._step(state, sums, self.images, perm)
-                i, step = i + 1, step + 1
-                if i % self.log_every == 0 or i == spe:
-                    if shown is not None:
-                        seen = jax.device_get(shown[0])
-                        if np.any(seen.first_bad >= 0):
-                            break
-                        means = np.reshape(seen.metrics, (-1, len(TRAIN_METRICS)))[:, 0] / shown[1]
-                        losses.append((shown[2], means.tolist()))
-                        bar.set_postfix(loss="/".join(f"{v:.2f}" for v in means), refresh=False)
-                    bar.update(i * per_step - bar.n)
-                    shown = (sums, i, step)
-                if pause(step):
-                    break
-            jax.block_until_ready(sums)
-        seconds = time.perf_counter() - t0
-        bar.close()
-        return Segment(state, sums, step, i - start, seconds, losses)
-
-
-def make_figure_fn(model: VAE) -> Callable:
-    """``(params, images_u8, z) -> (reconstructions, samples)``, decoder means in [0, 1].
-
-    Reconstructions decode the posterior mean of each image (no noise), samples decode the
-    given latents, so grids of different epochs are directly comparable.
-    """
-
-    @jax.jit
-    def fn(params, images_u8, z):
-        variables = {"params": params}
-        mean, _ = model.apply(variables, to_float(images_u8), method=VAE.encode)
-        recon = objectives.decoder_mean(model.apply(variables, mean, method=VAE.decode))
-        samples = objectives.decoder_mean(model.apply(variables, z, method=VAE.decode))
-        return recon, samples
-
-    return fn
-
-
-class EpochOutputs:
-    """After each epoch, for one run: the test-set evaluation and the figures (process 0
-    draws)."""
-
-    def __init__(
-        self, model: VAE, member: Member, mesh: Mesh, test_images: np.ndarray, root: jax.Array
-    ):
-        config = member.config
-        self._evaluate = make_test_evaluator(
-            model,
-            test_images,
-            mesh,
-            rng.stream(root, rng.Stream.EVAL),
-            log_lik=objectives.log_likelihood(config.model.likelihood, config.model.obs_stddev),
-            noise_scale=config.model.noise_scale,
-            batch_size=config.eval.batch_size,
-            num_samples=config.eval.num_samples,
-        )
-        self._draw = make_figure_fn(model)
-        self._images = test_images[: plots.FIGURE_IMAGES]
-        self._z = jax.random.normal(
-            rng.stream(root, rng.Stream.FIGURES), (len(self._images), config.model.latent_dim)
-        )
-        self._dir = member.workdir.figures
-        self._late_epoch = config.figures.late_epoch
-        self._title = _figure_title(member.name, config)
-        if is_writer():
-            plots.save_grid(self._dir / "originals.png", to_float(self._images))
-
-    def evaluate_and_draw(self, params: Any, epoch: int) -> tuple[dict, float, dict]:
-        """The test-set means, the seconds it took, and the image grids drawn."""
-        start = time.perf_counter()
-        test = self._evaluate(params)
-        recon, samples = self._draw(params, self._images, self._z)
-        grids = {
-            "reconstructions": plots.make_grid(np.asarray(recon)),
-            "samples": plots.make_grid(np.asarray(samples)),
-        }
-        if is_writer():
-            plots.save_png(plots.recon_path(self._dir, epoch), grids["reconstructions"])
-            plots.save_png(plots.samples_path(self._dir, epoch), grids["samples"])
-            late = min(self._late_epoch, epoch)
-            plots.save_reconstructions_figure(self._dir, 1, late, title=self._title)
-        return test, time.perf_counter() - start, grids
-
-
-def _figure_title(name: str, config: ml_collections.ConfigDict) -> str:
-    m = config.model
-    parts = [name] if name else []
-    parts.append(f"{m.arch} VAE, z={m.latent_dim}, noise_scale={m.noise_scale:g}, {m.likelihood}")
-    if config.data.binarize != "none":
-        parts.append(f"{config.data.binarize} binarization")
-    return " | ".join(parts)

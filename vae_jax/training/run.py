@@ -1,10 +1,12 @@
 """A run from start to end, as in the flax examples: ``train_and_evaluate(config, workdir)``.
 
-Check the config -> check and lock the workdir -> restore the newest valid checkpoint ->
-train (:mod:`vae_jax.training.loop`) -> evaluate (:mod:`vae_jax.evaluation.run`). Runs whose
-configs differ only in ``seed`` and ``model.noise_scale`` can go the same path together
-(:func:`train_together`): one compiled step vmapped over them, each run with its own workdir,
-checkpoints, metrics and figures, so that any of them can later be resumed or evaluated alone.
+:func:`train_together` reads top to bottom: check the configs and workdirs -> restore the
+newest valid checkpoints -> load the data -> build the parts (:mod:`vae_jax.parts`) -> train
+(:mod:`vae_jax.training.loop`) -> evaluate the parameters in memory
+(:mod:`vae_jax.evaluation.run`). A single run is a group of one; runs whose configs differ only
+in ``seed`` and ``model.noise_scale`` (a sweep's) go the same path together: one compiled step
+vmapped over them, each run with its own workdir, checkpoints, metrics and figures, so that any
+of them can later be resumed or evaluated alone.
 """
 
 from __future__ import annotations
@@ -16,22 +18,20 @@ from typing import NamedTuple
 
 import jax
 import ml_collections
-import optax
 from jax.sharding import Mesh
 
-from vae_jax import parallel
 from vae_jax.config.keys import validate
 from vae_jax.config.saved import check_resumable, to_saved
-from vae_jax.core.models import VAE, make_model
 from vae_jax.core.settings import flatten
-from vae_jax.core.train_step import checkpoint_like
+from vae_jax.core.sharding import make_mesh
 from vae_jax.data.datasets import load_dataset
-from vae_jax.data.images import Dataset, check_dataset
-from vae_jax.errors import ConfigError, DataError, OutputError
-from vae_jax.evaluation.run import evaluate_run, evaluated_step
-from vae_jax.evaluation.trained_run import checkpoint_like_for, optimizer_for
-from vae_jax.outputs.checkpoints import Checkpointer, Restored
+from vae_jax.data.images import Dataset, check_dataset, check_image_shape
+from vae_jax.errors import ConfigError, OutputError
+from vae_jax.evaluation.run import evaluate_trained
+from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
+from vae_jax.parallel import check_divisible
+from vae_jax.parts import Parts, build_parts, checkpoint_shapes
 from vae_jax.training import loop
 
 TOGETHER_KEYS = ("seed", "model.noise_scale")  # the keys in which runs trained together differ
@@ -54,7 +54,7 @@ def train_and_evaluate(
     evaluate it (``eval.after_training``); return the history (one record per epoch, the lines
     of ``metrics.jsonl``; losses in nats per image).
 
-    ``dataset`` (uint8 images, see :class:`vae_jax.data.Dataset`) replaces the one that
+    ``dataset`` (uint8 images, see :class:`vae_jax.Dataset`) replaces the one that
     ``config.data`` names. ``force`` starts anew: a run already in ``workdir`` is first moved
     aside to ``<workdir>.old-<time>``. Bad input raises :class:`ConfigError`, :class:`DataError`
     or :class:`WorkdirError` before anything is written; a stop request raises
@@ -72,32 +72,30 @@ def train_together(
     """Train and evaluate ``runs`` as :func:`train_and_evaluate` does, all in one program;
     return their histories. Returns None, having written nothing, when their newest
     checkpoints are at different steps (they then have to be trained one by one)."""
-    mesh = parallel.make_mesh()
-    check_runs(runs, mesh, force)
-    workdirs = [Workdir(r.workdir) for r in runs]
+    mesh = make_mesh()
+    workdirs = check_runs(runs, mesh, force)
     with contextlib.ExitStack() as cleanup:
-        for w in workdirs:
-            cleanup.callback(w.unlock)
-            if w.path.exists():
-                w.lock()  # refuse at once if another process is training here
-        newest = [
-            _restore_newest(w, r.config, mesh, cleanup, force)
-            for r, w in zip(runs, workdirs, strict=True)
+        members = [
+            _restore_newest(r, w, mesh, cleanup, force) for r, w in zip(runs, workdirs, strict=True)
         ]
-        if len({restored.step if restored else 0 for _, restored in newest}) > 1:
+        if len({m.restored.step if m.restored else 0 for m in members}) > 1:
             return None
-        histories = [restored.meta["history"] if restored else [] for _, restored in newest]
-        if all(len(h) >= r.config.train.num_epochs for h, r in zip(histories, runs, strict=True)):
-            for w, h in zip(workdirs, histories, strict=True):
-                print(f"Run in {w.path} is finished ({len(h)} epochs).")
+        if all(_trained(m) for m in members):
+            for m in members:
+                print(f"Run in {m.workdir.path} is finished ({len(_history(m))} epochs).")
+            if all(is_finished(_history(m), m.workdir.evaluated_step(), m.config) for m in members):
+                return [_history(m) for m in members]
+        dataset = dataset if dataset is not None else load_dataset(runs[0].config.data)
+        parts = [_parts(m, dataset, mesh) for m in members]
+        if all(_trained(m) for m in members):
+            trained = [(m.restored.state["train_state"], _history(m)) for m in members]
         else:
-            if dataset is None:
-                dataset = load_dataset(runs[0].config.data)
-            histories = _train(runs, workdirs, newest, dataset, mesh, force, cleanup)
-        for run, w, history in zip(runs, workdirs, histories, strict=True):
-            if not is_finished(history, evaluated_step(w.path), run.config):
-                _writing_to(w, lambda w=w: evaluate_run(w.path, dataset=dataset))
-        return histories
+            members = [_create(m, p, force, cleanup) for m, p in zip(members, parts, strict=True)]
+            trained = _writing_to(members[0].workdir, lambda: loop.train(parts, members, dataset))
+        for m, p, (state, history) in zip(members, parts, trained, strict=True):
+            if not is_finished(history, m.workdir.evaluated_step(), m.config):
+                _evaluate(p, state, history, dataset, m.workdir)
+        return [history for _, history in trained]
 
 
 def is_finished(
@@ -116,17 +114,20 @@ def together_key(config: ml_collections.ConfigDict) -> str:
     return json.dumps({k: v for k, v in flat.items() if k not in TOGETHER_KEYS}, default=str)
 
 
-def check_runs(runs: list[Run], mesh: Mesh, force: bool) -> None:
-    """Valid configs whose batches divide over the devices, in workdirs that are free for them
-    (or hold the same run); several runs only if they differ in :data:`TOGETHER_KEYS` alone."""
+def check_runs(runs: list[Run], mesh: Mesh, force: bool) -> list[Workdir]:
+    """The runs' workdirs, once their configs are valid, their batches divide over the devices,
+    and the workdirs are free for them (or hold the same run); several runs only if they differ
+    in :data:`TOGETHER_KEYS` alone."""
+    workdirs = []
     for run in runs:
         validate(run.config)
-        parallel.check_divisible(run.config.train.batch_size, mesh, "train.batch_size")
-        parallel.check_divisible(run.config.eval.batch_size, mesh, "eval.batch_size")
+        check_divisible(run.config.train.batch_size, mesh, "train.batch_size")
+        check_divisible(run.config.eval.batch_size, mesh, "eval.batch_size")
         workdir = Workdir(run.workdir)
         workdir.check()
         if not force and (saved := workdir.saved_config()) is not None:
             check_resumable(saved, run.config, workdir.config_path)
+        workdirs.append(workdir)
     if len(runs) > 1:
         if len({together_key(r.config) for r in runs}) != 1:
             raise ConfigError(
@@ -134,83 +135,71 @@ def check_runs(runs: list[Run], mesh: Mesh, force: bool) -> None:
             )
         if jax.process_count() > 1:
             raise ConfigError("training runs together is single-process; use --shard across hosts")
+    return workdirs
 
 
 def _restore_newest(
-    workdir: Workdir,
-    config: ml_collections.ConfigDict,
-    mesh: Mesh,
-    cleanup: contextlib.ExitStack,
-    force: bool,
-) -> tuple[Checkpointer | None, Restored | None]:
-    """The run's checkpointer and newest valid checkpoint; ``(None, None)`` without a
-    checkpoints folder (nothing is created) or with ``force``."""
+    run: Run, workdir: Workdir, mesh: Mesh, cleanup: contextlib.ExitStack, force: bool
+) -> loop.Member:
+    """The run, its workdir locked if it exists (another process training there is refused at
+    once), its checkpointer and newest valid checkpoint; none without a checkpoints folder
+    (nothing is created) or with ``force``."""
+    cleanup.callback(workdir.unlock)
+    if workdir.path.exists():
+        workdir.lock()
     if force or not workdir.checkpoints.is_dir():
-        return None, None
-    checkpointer = Checkpointer(workdir.checkpoints, config.checkpoint.max_to_keep)
+        return loop.Member(run.config, workdir, run.name, None, None)
+    checkpointer = Checkpointer(workdir.checkpoints, run.config.checkpoint.max_to_keep)
     cleanup.callback(checkpointer.close)
-    return checkpointer, checkpointer.restore_latest_valid(checkpoint_like_for(config, mesh))
+
+    def shapes(meta: dict) -> dict:
+        return checkpoint_shapes(build_parts(run.config, tuple(meta["image_shape"]), mesh))
+
+    restored = checkpointer.restore_latest_valid(shapes)
+    return loop.Member(run.config, workdir, run.name, checkpointer, restored)
 
 
-def _train(
-    runs: list[Run],
-    workdirs: list[Workdir],
-    newest: list[tuple[Checkpointer | None, Restored | None]],
-    dataset: Dataset,
-    mesh: Mesh,
-    force: bool,
-    cleanup: contextlib.ExitStack,
-) -> list[list[dict]]:
-    config = runs[0].config
-    check_dataset(dataset, config.train.batch_size)
-    for (_, restored), w in zip(newest, workdirs, strict=True):
-        _check_images(dataset, restored, w)
-    model = _model(config, dataset.image_shape)
-    tx = optimizer_for(config, len(dataset.train_images))
-    # --- nothing was written before this line (but the lock of an existing workdir) ---
-    members = []
-    for run, w, (checkpointer, restored) in zip(runs, workdirs, newest, strict=True):
-        if force and (moved := w.move_aside()) is not None:
-            w.unlock()
-            print(f"--force: moved the previous run in {w.path} to {moved}")
-        _create(w, run.config, model, tx, dataset.image_shape, mesh)
-        if checkpointer is None:
-            checkpointer = Checkpointer(w.checkpoints, run.config.checkpoint.max_to_keep)
-            cleanup.callback(checkpointer.close)
-        members.append(loop.Member(run.config, w, run.name, checkpointer, restored))
-    return _writing_to(workdirs[0], lambda: loop.train(members, model, tx, mesh, dataset))
+def _history(member: loop.Member) -> list[dict]:
+    return member.restored.meta["history"] if member.restored else []
 
 
-def _check_images(dataset: Dataset, restored: Restored | None, w: Workdir) -> None:
-    """The images must be those the restored run saw."""
-    if restored is not None and tuple(restored.meta["image_shape"]) != dataset.image_shape:
-        raise DataError(
-            f"images are {dataset.image_shape}, but the run in {w.path} was trained on "
-            f"{tuple(restored.meta['image_shape'])}"
-        )
+def _trained(member: loop.Member) -> bool:
+    return len(_history(member)) >= member.config.train.num_epochs
 
 
-def _model(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> VAE:
-    try:
-        return make_model(image_shape, **config.model)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+def _parts(member: loop.Member, dataset: Dataset, mesh: Mesh) -> Parts:
+    """The run's parts for ``dataset``, whose images must be those a restored run saw."""
+    check_dataset(dataset, member.config.train.batch_size)
+    if member.restored is not None:
+        shape = tuple(member.restored.meta["image_shape"])
+        check_image_shape(dataset.train_images, shape, f"the run in {member.workdir.path}")
+    return build_parts(member.config, dataset.image_shape, mesh, len(dataset.train_images))
 
 
 def _create(
-    w: Workdir,
-    config: ml_collections.ConfigDict,
-    model: VAE,
-    tx: optax.GradientTransformation,
-    image_shape: tuple[int, ...],
-    mesh: Mesh,
-) -> None:
-    """Lock and create the workdir, checking room for the run's checkpoints."""
+    member: loop.Member, parts: Parts, force: bool, cleanup: contextlib.ExitStack
+) -> loop.Member:
+    """Create (or reuse) the run's workdir, locked, with room for its checkpoints and its
+    config.json; ``force`` first moves a run already there aside."""
+    w = member.workdir
+    if force and (moved := w.move_aside()) is not None:
+        w.unlock()
+        print(f"--force: moved the previous run in {w.path} to {moved}")
     if not w.locked:
         w.lock()
-    like = checkpoint_like(model, tx, image_shape, parallel.replicated(mesh))
-    size = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(like))
-    w.create(to_saved(config), size, config.checkpoint.max_to_keep)
+    shapes = checkpoint_shapes(parts)
+    size = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+    w.create(to_saved(member.config), size, member.config.checkpoint.max_to_keep)
+    if member.checkpointer is not None:
+        return member
+    checkpointer = Checkpointer(w.checkpoints, member.config.checkpoint.max_to_keep)
+    cleanup.callback(checkpointer.close)
+    return member._replace(checkpointer=checkpointer)
+
+
+def _evaluate(parts: Parts, state, history: list[dict], dataset: Dataset, w: Workdir) -> None:
+    meta = {"step": history[-1]["step"], "epoch": len(history)}
+    _writing_to(w, lambda: evaluate_trained(parts, state, meta, dataset, w))
 
 
 def _writing_to(w: Workdir, work):
