@@ -12,7 +12,7 @@ import pytest
 
 from vae_jax.config.keys import base_config
 from vae_jax.core import pixels
-from vae_jax.data import datasets, tfds_prepare, tfds_reader
+from vae_jax.data import datasets
 from vae_jax.data import images as image_arrays
 from vae_jax.errors import DataError
 
@@ -34,7 +34,7 @@ def test_mnist_from_tfds_matches_the_idx_files(mnist_dir):
         ("train", "train", TRAIN_COUNTS),
         ("test", "t10k", TEST_COUNTS),
     ):
-        images, labels = tfds_reader.load_split("mnist", split, mnist_dir)
+        images, labels = datasets.load_split("mnist", split, mnist_dir)
         assert images.shape == (len(labels), 28, 28, 1) and images.dtype == np.uint8
         assert labels.dtype == np.int32
         assert np.bincount(labels).tolist() == counts
@@ -55,15 +55,15 @@ def test_mnist_from_tfds_matches_the_idx_files(mnist_dir):
 
 
 def test_cache_is_used_and_damage_is_detected(mnist_dir, monkeypatch, capsys):
-    images, labels = tfds_reader.load_split("mnist", "test", mnist_dir)  # decodes, or the cache
-    cached = list(tfds_prepare.cache_dir().glob("mnist-*-test-*.npz"))
+    images, labels = datasets.load_split("mnist", "test", mnist_dir)  # decodes, or the cache
+    cached = list(datasets.cache_dir().glob("mnist-*-test-*.npz"))
     assert len(cached) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(tfds_reader, "_decode", no_decoding)
-    again, _ = tfds_reader.load_split("mnist", "test", mnist_dir)
+    monkeypatch.setattr(datasets, "_decode", no_decoding)
+    again, _ = datasets.load_split("mnist", "test", mnist_dir)
     np.testing.assert_array_equal(again, images)
 
     # Corrupt the cached arrays (keep the zip valid): the checksum must catch it.
@@ -73,19 +73,19 @@ def test_cache_is_used_and_damage_is_detected(mnist_dir, monkeypatch, capsys):
     arrays["images"][0, 0, 0, 0] ^= 1
     np.savez(cached[0], **arrays)
     monkeypatch.undo()
-    rebuilt, rebuilt_labels = tfds_reader.load_split("mnist", "test", mnist_dir)
+    rebuilt, rebuilt_labels = datasets.load_split("mnist", "test", mnist_dir)
     assert "fails its checksum" in capsys.readouterr().err
     np.testing.assert_array_equal(rebuilt, images)
     np.testing.assert_array_equal(rebuilt_labels, labels)
 
     cached[0].write_bytes(b"truncated")
-    np.testing.assert_array_equal(tfds_reader.load_split("mnist", "test", mnist_dir)[0], images)
+    np.testing.assert_array_equal(datasets.load_split("mnist", "test", mnist_dir)[0], images)
     assert "unreadable data cache" in capsys.readouterr().err
 
 
 def test_unprepared_data_dir_says_how_to_fix_it(tmp_path):
     with pytest.raises(DataError) as e:
-        tfds_reader.load_split("mnist", "train", str(tmp_path))
+        datasets.load_split("mnist", "train", str(tmp_path))
     message = str(e.value)
     assert f"'mnist' is not prepared in '{tmp_path}'" in message
     assert "export TFDS_DATA_DIR=" in message and "python -m vae_jax data mnist" in message
@@ -95,9 +95,9 @@ def test_unprepared_data_dir_says_how_to_fix_it(tmp_path):
 
 def test_unknown_dataset_and_split(mnist_dir):
     with pytest.raises(DataError, match="unknown TFDS dataset 'mnistt'"):
-        tfds_reader.load_split("mnistt", "train", mnist_dir)
+        datasets.load_split("mnistt", "train", mnist_dir)
     with pytest.raises(DataError, match="has no split 'validation'; it has train, test"):
-        tfds_reader.load_split("mnist", "validation", mnist_dir)
+        datasets.load_split("mnist", "validation", mnist_dir)
 
 
 def test_subsets_and_static_binarization(mnist_dir):
@@ -304,16 +304,16 @@ def test_a_missing_dataset_is_prepared_by_itself_only_in_tfds_default_dir(tmp_pa
     from vae_jax.config import base_config
 
     prepared = []
-    monkeypatch.setattr(tfds_reader, "prepare_tfds", lambda name, d: prepared.append((name, d)))
+    monkeypatch.setattr(datasets, "prepare_tfds", lambda name, d, cache: prepared.append((name, d)))
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
-    monkeypatch.delenv(tfds_prepare.AUTO_PREPARE_ENV, raising=False)
+    monkeypatch.delenv(datasets.AUTO_PREPARE_ENV, raising=False)
     config = base_config().data
-    assert tfds_prepare.auto_prepare(config)  # TFDS's default dir: prepare there
+    assert datasets.auto_prepare(config)  # TFDS's default dir: prepare there
     with pytest.raises(DataError, match="is not prepared"):  # our fake prepared nothing
-        tfds_reader.load_split("mnist", "train", str(tmp_path), prepare=True)
+        datasets.load_split("mnist", "train", str(tmp_path), prepare=True)
     assert prepared == [("mnist", str(tmp_path))]
-    monkeypatch.setenv(tfds_prepare.AUTO_PREPARE_ENV, "0")
-    assert not tfds_prepare.auto_prepare(config)
-    monkeypatch.delenv(tfds_prepare.AUTO_PREPARE_ENV)
+    monkeypatch.setenv(datasets.AUTO_PREPARE_ENV, "0")
+    assert not datasets.auto_prepare(config)
+    monkeypatch.delenv(datasets.AUTO_PREPARE_ENV)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # the user's own dir: never written
-    assert not tfds_prepare.auto_prepare(config)
+    assert not datasets.auto_prepare(config)

@@ -191,10 +191,11 @@ def _list(args: argparse.Namespace, rest: list[str]) -> None:
 def _data(args: argparse.Namespace, rest: list[str]) -> None:
     if rest:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
-    from vae_jax.data.tfds_prepare import prepare_tfds, resolve_data_dir
+    from vae_jax.data.datasets import cache_dir, resolve_data_dir
+    from vae_jax.data.tfds_prepare import prepare_tfds
 
     data_dir = args.data_dir or resolve_data_dir(base_config().data)
-    prepare_tfds(args.dataset, data_dir)
+    prepare_tfds(args.dataset, data_dir, cache_dir())
     print(f"prepared {args.dataset} in {data_dir}; export TFDS_DATA_DIR={data_dir}")
 
 

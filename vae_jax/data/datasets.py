@@ -1,24 +1,36 @@
 """A dataset as ``config.data`` asks for it: a TFDS image dataset or a ``.npz`` of the user's
-own, binarized or not, its first N images; uint8 throughout (:mod:`vae_jax.data.images`)."""
+own (:mod:`vae_jax.data.images`), binarized or not, its first N images; uint8 throughout.
+
+TFDS data are read with ``tfds.data_source`` from a prepared data dir (no TensorFlow, no
+download). Decoding 60k PNGs takes ~15 s, so the decoded arrays are cached in
+``$VAE_JAX_CACHE_DIR`` (default ``~/.cache/vae_jax``) under a name that holds a hash of the
+source files, with a checksum that is verified on every load; a stale or damaged cache entry is
+rebuilt. Nothing is ever written into the TFDS data dir. A dataset missing from TFDS's default
+data dir is prepared by itself (:mod:`vae_jax.data.tfds_prepare`).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 
+from vae_jax.atomic_io import atomic_write
 from vae_jax.core import pixels
-from vae_jax.data.images import Dataset, as_uint8, load_arrays
-from vae_jax.data.tfds_prepare import auto_prepare, resolve_data_dir
-from vae_jax.data.tfds_reader import load_split
+from vae_jax.data.images import Dataset, as_uint8, check_fits_in_memory, load_arrays
+from vae_jax.data.tfds_prepare import not_prepared_message, prepare_tfds
 from vae_jax.errors import DataError
 
-
-def static_binarize(images: np.ndarray, seed: int, split: str) -> np.ndarray:
-    """One fixed Bernoulli sample of ``images`` (uint8 0/255), keyed by (seed, split)."""
-    key = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        return np.asarray(pixels.binarize_u8(key, images))
+CACHE_ENV = "VAE_JAX_CACHE_DIR"
+AUTO_PREPARE_ENV = "VAE_JAX_AUTO_PREPARE"
+_DECODE_CHUNK = 5000
 
 
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
@@ -57,3 +69,174 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
                 f"data.{what}_size={n} but the {what} split of {where} has {have} images"
             )
     return Dataset(train_x[:n_train], train_y[:n_train], test_x[:n_test], test_y[:n_test])
+
+
+def static_binarize(images: np.ndarray, seed: int, split: str) -> np.ndarray:
+    """One fixed Bernoulli sample of ``images`` (uint8 0/255), keyed by (seed, split)."""
+    key = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        return np.asarray(pixels.binarize_u8(key, images))
+
+
+def resolve_data_dir(data_config: ml_collections.ConfigDict) -> str:
+    """config.data.tfds_data_dir, else $TFDS_DATA_DIR, else TFDS's default."""
+    if data_config.tfds_data_dir:
+        return os.path.expanduser(data_config.tfds_data_dir)
+    if os.environ.get("TFDS_DATA_DIR"):
+        return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
+    return os.path.expanduser("~/tensorflow_datasets")
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "vae_jax"
+
+
+def auto_prepare(data_config: ml_collections.ConfigDict) -> bool:
+    """Prepare a missing TFDS dataset by itself only in TFDS's default data dir (nothing else
+    was asked for) and unless ``$VAE_JAX_AUTO_PREPARE=0``."""
+    default = not data_config.tfds_data_dir and not os.environ.get("TFDS_DATA_DIR")
+    return default and os.environ.get(AUTO_PREPARE_ENV, "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a prepared TFDS split
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """TFDS's absl warnings ("Variant folder ... has no dataset_info.json", "OpenCV is not
+    installed") are noise here: each case gets its own message."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _builder(name: str, data_dir: str, prepare: bool = False):
+    """The TFDS builder of a prepared dataset; ``prepare`` prepares it first if it is not."""
+    import tensorflow_datasets as tfds
+
+    try:
+        with _quiet_absl():
+            builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"unknown TFDS dataset {name!r} (config data.name); give a TFDS image dataset "
+            "(mnist, fashion_mnist, kmnist, cifar10, binarized_mnist, ...) or a path to a .npz"
+        ) from None
+    with _quiet_absl():
+        if not builder.is_prepared() and prepare:
+            prepare_tfds(name, data_dir, cache_dir())
+            builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if not prepared:
+        raise DataError(not_prepared_message(name, data_dir))
+    return builder
+
+
+def _fingerprint(builder, split: str) -> str:
+    h = hashlib.sha256(f"{builder.name}:{builder.version}:{split}".encode())
+    for path in builder.info.splits[split].filepaths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksum(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(images).data)
+    h.update(np.ascontiguousarray(labels).data)
+    return h.hexdigest()
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels, checksum = f["images"], f["labels"], str(f["checksum"])
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a truncated or foreign file
+        print(f"warning: unreadable data cache {path} ({e}); rebuilding it", file=sys.stderr)
+        return None
+    if _checksum(images, labels) != checksum:
+        print(f"warning: data cache {path} fails its checksum; rebuilding it", file=sys.stderr)
+        return None
+    return images, labels
+
+
+def _decode(name: str, split: str, data_dir: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+    from tqdm import tqdm
+
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    images, labels = [], []
+    with _quiet_absl():
+        desc = f"decoding {name}/{split} (once; cached afterwards)"
+        for start in tqdm(range(0, n, _DECODE_CHUNK), desc=desc, unit="chunk", leave=False):
+            for record in source.__getitems__(list(range(start, min(n, start + _DECODE_CHUNK)))):
+                images.append(np.asarray(record["image"]))
+                labels.append(int(record.get("label", 0)))
+    return np.stack(images), np.asarray(labels, np.int32)
+
+
+def load_split(
+    name: str, split: str, data_dir: str, prepare: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of a TFDS split; ``prepare``
+    prepares the dataset first if it is not (:func:`prepare_tfds`). A damaged data dir
+    (garbage metadata, missing or truncated record files) is a :class:`DataError`."""
+    try:
+        return _load_split(name, split, data_dir, prepare)
+    except DataError:
+        raise
+    except Exception as e:  # TFDS and array_record raise all sorts on damaged files
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir!r} cannot be read ({type(e).__name__}: {text}); "
+            f"its files are damaged or incomplete. Prepare it again (python -m vae_jax data "
+            f"{name} --data-dir DIR into a fresh dir), or point TFDS_DATA_DIR at a good copy"
+        ) from None
+
+
+def _load_split(
+    name: str, split: str, data_dir: str, prepare: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    builder = _builder(name, data_dir, prepare)
+    if split not in builder.info.splits:
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir!r} has no split {split!r}; "
+            f"it has {', '.join(builder.info.splits)}"
+        )
+    if "image" not in builder.info.features:
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir!r} has no 'image' feature (it has "
+            f"{', '.join(builder.info.features)}); expected an image dataset like mnist"
+        )
+    shape = builder.info.features["image"].shape
+    if shape and None not in shape:
+        n = builder.info.splits[split].num_examples
+        check_fits_in_memory(n * int(np.prod(shape)), f"TFDS dataset {name!r}/{split}")
+    key = _fingerprint(builder, split)[:20]
+    path = cache_dir() / f"{name}-{builder.version}-{split}-{key}.npz"
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    images, labels = _decode(name, split, data_dir, builder.info.splits[split].num_examples)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise DataError(
+            f"TFDS dataset {name!r} in {data_dir!r}: images are {images.dtype} of shape "
+            f"{images.shape[1:]}; expected uint8 images of shape (H, W, C)"
+        )
+    try:
+        checksum = _checksum(images, labels)
+        atomic_write(path, lambda f: np.savez(f, images=images, labels=labels, checksum=checksum))
+    except OSError as e:
+        print(f"warning: could not write data cache {path} ({e})", file=sys.stderr)
+    return images, labels

@@ -171,10 +171,10 @@ def check_dataset(dataset: Dataset, batch_size: int) -> None:
         )
 
 
-def check_image_shape(images: np.ndarray, expected: tuple[int, ...], what: str) -> None:
-    """Refuse images of another shape than the one ``what`` (a run) was trained on."""
-    if tuple(images.shape[1:]) != tuple(expected):
+def check_image_shape(shape: tuple[int, ...], trained_on: tuple[int, ...], what: str) -> None:
+    """Refuse images of ``shape`` (H, W, C) where ``what`` (a run) was trained on others."""
+    if tuple(shape) != tuple(trained_on):
         raise DataError(
-            f"images are {tuple(images.shape[1:])}; {what} takes {tuple(expected)}, the shape it "
-            "was trained on"
+            f"images are {tuple(shape)}; {what} takes {tuple(trained_on)}, the shape it was "
+            "trained on"
         )

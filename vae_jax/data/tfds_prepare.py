@@ -1,40 +1,17 @@
 """Preparing a TFDS dataset that is missing: TFDS needs TensorFlow (and internet) to download
-and prepare one, not to read it, so TensorFlow is installed into an environment of its own,
-``<cache>/tfds-prepare-venv``, and never enters the training one. Also where TFDS data and the
-decoded cache live.
-"""
+and prepare one, not to read it, so TensorFlow is installed into an environment of its own and
+never enters the training one."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import ml_collections
-
 from vae_jax.errors import DataError
 
-CACHE_ENV = "VAE_JAX_CACHE_DIR"
-AUTO_PREPARE_ENV = "VAE_JAX_AUTO_PREPARE"
 PREPARE_PACKAGES = ("tensorflow-cpu", "tensorflow-datasets", "array-record", "pillow",
                     "importlib_resources")  # fmt: skip
-
-
-def resolve_data_dir(data_config: ml_collections.ConfigDict) -> str:
-    """config.data.tfds_data_dir, else $TFDS_DATA_DIR, else TFDS's default."""
-    if data_config.tfds_data_dir:
-        return os.path.expanduser(data_config.tfds_data_dir)
-    if os.environ.get("TFDS_DATA_DIR"):
-        return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
-    return os.path.expanduser("~/tensorflow_datasets")
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "vae_jax"
 
 
 def not_prepared_message(name: str, data_dir: str) -> str:
@@ -47,19 +24,12 @@ def not_prepared_message(name: str, data_dir: str) -> str:
     )
 
 
-def auto_prepare(data_config: ml_collections.ConfigDict) -> bool:
-    """Prepare a missing TFDS dataset by itself only in TFDS's default data dir (nothing else
-    was asked for) and unless ``$VAE_JAX_AUTO_PREPARE=0``."""
-    default = not data_config.tfds_data_dir and not os.environ.get("TFDS_DATA_DIR")
-    return default and os.environ.get(AUTO_PREPARE_ENV, "1") != "0"
-
-
-def prepare_tfds(name: str, data_dir: str) -> None:
+def prepare_tfds(name: str, data_dir: str, cache: Path) -> None:
     """Download and prepare TFDS dataset ``name`` in ``data_dir`` (array_record files).
 
     TFDS needs TensorFlow to prepare a dataset (not to read it): it is installed into its own
     environment, ``<cache>/tfds-prepare-venv``, and never enters this one. Needs internet."""
-    venv = cache_dir() / "tfds-prepare-venv"
+    venv = cache / "tfds-prepare-venv"
     python, ready = venv / "bin" / "python", venv / ".vae_jax-ready"
     print(f"TFDS dataset {name!r} is not prepared in {data_dir!r}: preparing it (once).")
     where = (name, data_dir)

@@ -58,7 +58,7 @@ def evaluate_workdir(
     parts, state, meta = restore_run(run, step, eval_overrides=overrides)
     if dataset is None:
         dataset = load_dataset(parts.config.data)
-    check_image_shape(dataset.test_images, parts.image_shape, f"the run in {run.path}")
+    check_image_shape(dataset.test_images.shape[1:], parts.image_shape, f"the run in {run.path}")
     return evaluate_trained(parts, state, meta, dataset, run, step)
 
 

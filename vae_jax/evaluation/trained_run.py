@@ -88,7 +88,7 @@ class TrainedRun:
 
     def _images(self, images) -> np.ndarray:
         images = as_uint8(images, "images")
-        check_image_shape(images, self.image_shape, "this run")
+        check_image_shape(images.shape[1:], self.image_shape, "this run")
         return images
 
     def _batched(self, fn, array: np.ndarray) -> list:

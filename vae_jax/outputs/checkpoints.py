@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vae_jax.errors import CheckpointError
+from vae_jax.errors import CheckpointError, VaeJaxError
 
 ROTATION_RETRIES = 20
 
@@ -187,6 +187,8 @@ class Checkpointer:
         shapes, dtypes and shardings to restore into."""
         try:
             state, meta = self._restore(step, like_for(self.restore_meta(step)))
+        except VaeJaxError:
+            raise  # like_for refused the checkpoint: e.g. a run of other images
         except Exception as e:  # Orbax, JSON, missing files: all say the same to the user
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} cannot be read ({_short(e)}); it is "
@@ -207,7 +209,7 @@ class Checkpointer:
             for step in reversed(steps):
                 try:
                     return self.restore(step, like_for)
-                except Exception as e:
+                except CheckpointError as e:
                     _collect_abandoned_reads()
                     if self._rotated_away(step):
                         break  # start over from the newest

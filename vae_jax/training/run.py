@@ -74,27 +74,29 @@ def train_together(
     checkpoints are at different steps (they then have to be trained one by one)."""
     mesh = make_mesh()
     workdirs = check_runs(runs, mesh, force)
+    if dataset is None:
+        dataset = load_dataset(runs[0].config.data)
+    check_dataset(dataset, runs[0].config.train.batch_size)
+    n_train = len(dataset.train_images)
+    parts = [build_parts(r.config, dataset.image_shape, mesh, n_train) for r in runs]
     with contextlib.ExitStack() as cleanup:
         members = [
-            _restore_newest(r, w, mesh, cleanup, force) for r, w in zip(runs, workdirs, strict=True)
+            _restore_newest(p, w, r.name, cleanup, force)
+            for p, w, r in zip(parts, workdirs, runs, strict=True)
         ]
         if len({m.restored.step if m.restored else 0 for m in members}) > 1:
             return None
         if all(_trained(m) for m in members):
+            trained = [(m.restored.state["train_state"], _history(m)) for m in members]
             for m in members:
                 print(f"Run in {m.workdir.path} is finished ({len(_history(m))} epochs).")
-            if all(is_finished(_history(m), m.workdir.evaluated_step(), m.config) for m in members):
-                return [_history(m) for m in members]
-        dataset = dataset if dataset is not None else load_dataset(runs[0].config.data)
-        parts = [_parts(m, dataset, mesh) for m in members]
-        if all(_trained(m) for m in members):
-            trained = [(m.restored.state["train_state"], _history(m)) for m in members]
         else:
             members = [_create(m, p, force, cleanup) for m, p in zip(members, parts, strict=True)]
             trained = _writing_to(members[0].workdir, lambda: loop.train(parts, members, dataset))
         for m, p, (state, history) in zip(members, parts, trained, strict=True):
             if not is_finished(history, m.workdir.evaluated_step(), m.config):
-                _evaluate(p, state, history, dataset, m.workdir)
+                meta = {"step": history[-1]["step"], "epoch": len(history)}
+                _writing_to(m.workdir, lambda: evaluate_trained(p, state, meta, dataset, m.workdir))  # noqa: B023
         return [history for _, history in trained]
 
 
@@ -139,7 +141,7 @@ def check_runs(runs: list[Run], mesh: Mesh, force: bool) -> list[Workdir]:
 
 
 def _restore_newest(
-    run: Run, workdir: Workdir, mesh: Mesh, cleanup: contextlib.ExitStack, force: bool
+    parts: Parts, workdir: Workdir, name: str, cleanup: contextlib.ExitStack, force: bool
 ) -> loop.Member:
     """The run, its workdir locked if it exists (another process training there is refused at
     once), its checkpointer and newest valid checkpoint; none without a checkpoints folder
@@ -148,15 +150,17 @@ def _restore_newest(
     if workdir.path.exists():
         workdir.lock()
     if force or not workdir.checkpoints.is_dir():
-        return loop.Member(run.config, workdir, run.name, None, None)
-    checkpointer = Checkpointer(workdir.checkpoints, run.config.checkpoint.max_to_keep)
+        return loop.Member(parts.config, workdir, name, None, None)
+    checkpointer = Checkpointer(workdir.checkpoints, parts.config.checkpoint.max_to_keep)
     cleanup.callback(checkpointer.close)
 
-    def shapes(meta: dict) -> dict:
-        return checkpoint_shapes(build_parts(run.config, tuple(meta["image_shape"]), mesh))
+    def shapes(meta: dict) -> dict:  # the images must be those the run was trained on
+        what = f"the run in {workdir.path}"
+        check_image_shape(parts.image_shape, meta["image_shape"], what)
+        return checkpoint_shapes(parts)
 
     restored = checkpointer.restore_latest_valid(shapes)
-    return loop.Member(run.config, workdir, run.name, checkpointer, restored)
+    return loop.Member(parts.config, workdir, name, checkpointer, restored)
 
 
 def _history(member: loop.Member) -> list[dict]:
@@ -165,15 +169,6 @@ def _history(member: loop.Member) -> list[dict]:
 
 def _trained(member: loop.Member) -> bool:
     return len(_history(member)) >= member.config.train.num_epochs
-
-
-def _parts(member: loop.Member, dataset: Dataset, mesh: Mesh) -> Parts:
-    """The run's parts for ``dataset``, whose images must be those a restored run saw."""
-    check_dataset(dataset, member.config.train.batch_size)
-    if member.restored is not None:
-        shape = tuple(member.restored.meta["image_shape"])
-        check_image_shape(dataset.train_images, shape, f"the run in {member.workdir.path}")
-    return build_parts(member.config, dataset.image_shape, mesh, len(dataset.train_images))
 
 
 def _create(
@@ -195,11 +190,6 @@ def _create(
     checkpointer = Checkpointer(w.checkpoints, member.config.checkpoint.max_to_keep)
     cleanup.callback(checkpointer.close)
     return member._replace(checkpointer=checkpointer)
-
-
-def _evaluate(parts: Parts, state, history: list[dict], dataset: Dataset, w: Workdir) -> None:
-    meta = {"step": history[-1]["step"], "epoch": len(history)}
-    _writing_to(w, lambda: evaluate_trained(parts, state, meta, dataset, w))
 
 
 def _writing_to(w: Workdir, work):
