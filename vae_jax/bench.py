@@ -3,7 +3,7 @@ whatever backend JAX finds.
 
 Each (experiment, batch size) is measured in a fresh process, so that compile time, the time
 from the command's start to the first finished step and the peak host memory are its own. The
-process runs the real training loop (:func:`vae_jax.training.loop.run_steps`: data on
+process runs the real training loop (:func:`vae_jax.training.steps.run_steps`: data on
 the device, the step compiled once, no host syncs but once per repetition): one warm-up
 repetition, then ``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH``
 also writes the records. Nothing is written anywhere else. Config overrides apply to every
@@ -70,7 +70,7 @@ def _trainer(config, dataset, models: int):
     from vae_jax.core.train_step import zero_sums
     from vae_jax.parallel import check_divisible
     from vae_jax.parts import build_parts, init_state
-    from vae_jax.training.loop import compile_step, join_runs
+    from vae_jax.training.steps import compile_step, join_runs
 
     mesh = make_mesh()
     check_divisible(config.train.batch_size, mesh, "batch size")
@@ -86,7 +86,7 @@ def _trainer(config, dataset, models: int):
 
 def _run_steps(trainer: _Trainer, state, sums, step: int, steps: int) -> tuple:
     """``steps`` steps from global ``step``: ``(state, sums, step, seconds)``."""
-    from vae_jax.training.loop import run_steps
+    from vae_jax.training.steps import run_steps
 
     parts, compiled, images = trainer
     target, seconds = step + steps, 0.0

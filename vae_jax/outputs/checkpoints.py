@@ -155,8 +155,8 @@ class Checkpointer:
                 )
 
     def _verify(self, step: int, state: Any, sha256: str) -> None:
-        like = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored, meta = self._restore(step, like)
+        shapes = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored, meta = self._restore(step, shapes)
         if tree_sha256(restored) != sha256 or meta.get("sha256") != sha256:
             raise CheckpointError("read back different bytes than were written")
 
@@ -168,11 +168,11 @@ class Checkpointer:
         except Exception:
             pass  # an unfinished save is a temporary folder, removed on the next start
 
-    def _restore(self, step: int, like: Any) -> tuple[Any, dict]:
+    def _restore(self, step: int, shapes: Any) -> tuple[Any, dict]:
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(shapes), meta=ocp.args.JsonRestore()
             ),
         )
         return restored["state"], restored["meta"]
@@ -182,13 +182,13 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return restored["meta"]
 
-    def restore(self, step: int, like_for: Callable[[dict], Any]) -> Restored:
-        """Checkpoint ``step``, verified against its sha256. ``like_for(meta)`` gives the
+    def restore(self, step: int, shapes_for: Callable[[dict], Any]) -> Restored:
+        """Checkpoint ``step``, verified against its sha256. ``shapes_for(meta)`` gives the
         shapes, dtypes and shardings to restore into."""
         try:
-            state, meta = self._restore(step, like_for(self.restore_meta(step)))
+            state, meta = self._restore(step, shapes_for(self.restore_meta(step)))
         except VaeJaxError:
-            raise  # like_for refused the checkpoint: e.g. a run of other images
+            raise  # shapes_for refused the checkpoint: e.g. a run of other images
         except Exception as e:  # Orbax, JSON, missing files: all say the same to the user
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} cannot be read ({_short(e)}); it is "
@@ -198,7 +198,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {step}: its arrays do not match their sha256")
         return Restored(step, state, meta)
 
-    def restore_latest_valid(self, like_for: Callable[[dict], Any]) -> Restored | None:
+    def restore_latest_valid(self, shapes_for: Callable[[dict], Any]) -> Restored | None:
         """The newest checkpoint that reads back and matches its sha256, or None if there are
         none at all. Raises :class:`CheckpointError` when checkpoints exist but none is valid.
 
@@ -208,7 +208,7 @@ class Checkpointer:
             steps = self.steps()
             for step in reversed(steps):
                 try:
-                    return self.restore(step, like_for)
+                    return self.restore(step, shapes_for)
                 except CheckpointError as e:
                     _collect_abandoned_reads()
                     if self._rotated_away(step):

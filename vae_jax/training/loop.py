@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +23,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vae_jax.core.settings import flatten
-from vae_jax.core.sharding import batch_sharding, replicated
+from vae_jax.core.sharding import replicated
 from vae_jax.core.train_step import (
     TRAIN_METRICS,
     EpochSums,
     TrainState,
     checkpoint_tree,
     epoch_permutation,
-    make_train_step,
     zero_sums,
 )
 from vae_jax.data.images import Dataset
@@ -38,9 +37,15 @@ from vae_jax.errors import NonFiniteError, TrainingInterrupted
 from vae_jax.evaluation.epoch_end import make_epoch_end
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
 from vae_jax.outputs.metrics import MetricsWriter, cpu_cores
-from vae_jax.outputs.workdir import Workdir, is_writer
-from vae_jax.parallel import compile_fast
+from vae_jax.outputs.workdir import Workdir
 from vae_jax.parts import Parts, init_state
+from vae_jax.training.steps import (
+    Segment,
+    compile_step,
+    join_runs,
+    one_run,
+    run_steps,
+)
 from vae_jax.training.stopping import Pause, StopRequest
 
 
@@ -52,27 +57,6 @@ class Member(NamedTuple):
     name: str
     checkpointer: Checkpointer
     restored: Restored | None
-
-
-class CompiledStep(NamedTuple):
-    """The train step of ``models`` runs compiled once for the devices, and the epoch order."""
-
-    step: Callable  # (state, sums, images, perm) -> (state, sums)
-    permute: Callable  # (state.rng, epoch) -> the epoch's permutation of the training set
-    seconds: float  # spent compiling
-    models: int
-
-
-class Segment(NamedTuple):
-    """What :func:`run_steps` did without a host sync: from a start to the epoch's end or a
-    pause."""
-
-    state: TrainState
-    sums: EpochSums
-    step: int  # global step reached
-    steps: int  # steps run in this segment
-    seconds: float
-    losses: list[tuple[int, list[float]]]  # (step, each run's mean loss so far this epoch)
 
 
 def train(
@@ -146,16 +130,6 @@ def _epoch_time(compile_seconds: float = 0.0) -> EpochTime:
     return EpochTime(0.0, 0, compile_seconds, time.process_time())
 
 
-def join_runs(trees: list) -> Any:
-    """One run's tree as it is; several runs' stacked along a new leading axis."""
-    return trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def one_run(tree: Any, i: int, models: int) -> Any:
-    """Run ``i``'s tree of :func:`_join`'s."""
-    return tree if models == 1 else jax.tree.map(lambda x: x[i], tree)
-
-
 def _start(parts: Parts, members: list[Member]) -> tuple[TrainState, EpochSums, list[list[dict]]]:
     """The members' states and epoch sums (restored, or fresh), joined, and their histories."""
     states, sums, histories = [], [], []
@@ -169,92 +143,6 @@ def _start(parts: Parts, members: list[Member]) -> tuple[TrainState, EpochSums, 
             sums.append(m.restored.state["epoch_sums"])
             histories.append(m.restored.meta["history"])
     return join_runs(states), join_runs(sums), histories
-
-
-def compile_step(
-    parts: Parts, state: TrainState, sums: EpochSums, images: jax.Array, noise_scales: list[float]
-) -> CompiledStep:
-    """The train step of ``len(noise_scales)`` runs (vmapped over their states, sums and noise
-    scales when several), compiled ahead of time for these arrays' shapes and shardings: a call
-    with others fails loudly instead of silently recompiling."""
-    models, repl, n = len(noise_scales), replicated(parts.mesh), len(images)
-    train_step = make_train_step(
-        parts.tx,
-        parts.loss_fn,
-        batch_size=parts.config.train.batch_size,
-        steps_per_epoch=parts.steps_per_epoch,
-        dynamic_binarize=parts.config.data.binarize == "dynamic",
-        batch_sharding=batch_sharding(parts.mesh),
-    )
-
-    def permute(key_data, epoch):
-        return epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n)
-
-    scales: float | jax.Array = noise_scales[0]
-    if models > 1:
-        train_step = jax.vmap(train_step, in_axes=(0, 0, None, 0, 0))
-        permute = jax.vmap(permute, in_axes=(0, None))
-        scales = jnp.asarray(noise_scales, jnp.float32)
-    permute = jax.jit(permute, out_shardings=repl)
-
-    def step(state, sums, images, perm):
-        return train_step(state, sums, images, perm, scales)
-
-    start = time.perf_counter()
-    state_sharding = jax.tree.map(lambda _: repl, state)
-    sums_sharding = jax.tree.map(lambda _: repl, sums)
-    lowered = jax.jit(
-        step,
-        in_shardings=(state_sharding, sums_sharding, repl, repl),
-        out_shardings=(state_sharding, sums_sharding),
-        donate_argnums=0,
-    ).lower(state, sums, images, permute(state.rng, jnp.int32(0)))
-    return CompiledStep(compile_fast(lowered), permute, time.perf_counter() - start, models)
-
-
-def run_steps(
-    parts: Parts,
-    compiled: CompiledStep,
-    state: TrainState,
-    sums: EpochSums,
-    images: jax.Array,
-    epoch: int,
-    start: int,
-    pause: Callable[[int], bool],
-) -> Segment:
-    """Run epoch ``epoch`` (1-based) from its step ``start`` to its end, or until
-    ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
-    steps_per_epoch, t = parts.steps_per_epoch, parts.config.train
-    perm = compiled.permute(state.rng, jnp.int32(epoch - 1))
-    per_step = t.batch_size * compiled.models  # images/s counts every run's images
-    bar = tqdm(total=steps_per_epoch * per_step, initial=start * per_step,
-               desc=f"epoch {epoch}/{t.num_epochs}", unit="img", unit_scale=True, leave=False,
-               disable=not is_writer(), mininterval=0.5)  # fmt: skip
-    t0 = time.perf_counter()
-    i, step = start, (epoch - 1) * steps_per_epoch + start
-    logged = None  # (sums, i, step) at the previous log point, computed by now: read, no stall
-    losses = []
-    # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
-    with jax.transfer_guard("disallow"):
-        while i < steps_per_epoch:
-            state, sums = compiled.step(state, sums, images, perm)
-            i, step = i + 1, step + 1
-            if i % t.log_every_steps == 0 or i == steps_per_epoch:
-                if logged is not None:
-                    seen = jax.device_get(logged[0])
-                    if np.any(seen.first_bad >= 0):
-                        break
-                    means = np.reshape(seen.metrics, (-1, len(TRAIN_METRICS)))[:, 0] / logged[1]
-                    losses.append((logged[2], means.tolist()))
-                    bar.set_postfix(loss="/".join(f"{v:.2f}" for v in means), refresh=False)
-                bar.update(i * per_step - bar.n)
-                logged = (sums, i, step)
-            if pause(step):
-                break
-        jax.block_until_ready(sums)
-    seconds = time.perf_counter() - t0
-    bar.close()
-    return Segment(state, sums, step, i - start, seconds, losses)
 
 
 def _print_start(parts: Parts, members: list[Member], data: Dataset, step: int) -> None:
