@@ -72,7 +72,7 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PL
         (["mnist_z20", "--config.data.name=mnistt"], {}, "unknown TFDS dataset 'mnistt'"),
         (["mnist_z20", "--lr=3"], {}, "unrecognized argument '--lr=3'"),
         (["mnist_z20", "--config=experiments/mnist_z20.py"], {}, "not both"),
-        (["--config=experiments/nope.py"], {}, "unknown experiment 'experiments/nope.py'"),
+        (["--config=experiments/nope.py"], {}, "experiments/nope.py does not exist"),
         (
             ["mnist_z20", "--config.train.batch_size=50"],
             FOUR_DEVICES,

@@ -125,7 +125,8 @@ def test_eval_of_a_damaged_step_says_so(tmp_path, trained):
     out = run_cli("eval", "mnist_z20", "--workdir", str(workdir), "--step", "12")
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]  # as any
     # checkpoint that fails to read or write
-    assert f"checkpoint {workdir / 'checkpoints' / '12'} cannot be read (" in out.stderr
+    damaged = f"checkpoint {workdir / 'checkpoints' / '12'} is damaged or was rotated away"
+    assert damaged in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert _snapshot(workdir) == before
 

@@ -161,9 +161,33 @@ def _eval(args: argparse.Namespace, rest: list[str]) -> None:
     workdir = _workdir(args) or f"runs/{_name(args.experiment)}"
     if args.experiment and not Path(workdir).exists():  # then a wrong name is likelier
         experiment_path(args.experiment)
+    if args.experiment and args.workdir:
+        _note_if_trained_otherwise(args.experiment, Path(workdir))
     from vae_jax.evaluation.run import evaluate_workdir
 
     evaluate_workdir(workdir, rest, step=args.step)
+
+
+def _note_if_trained_otherwise(experiment: str, workdir: Path) -> None:
+    """Say so when the run in ``workdir`` was not trained with ``experiment`` as its file is
+    now (the evaluation then uses the run's own config, as always)."""
+    from vae_jax.config.saved import from_saved, trained_differently
+    from vae_jax.outputs.workdir import Workdir
+
+    run = Workdir(workdir)
+    try:
+        trained, _ = from_saved(run.saved_config(), str(run.config_path))
+    except VaeJaxError:  # no run there, or a damaged config.json: the evaluation says so
+        return
+    changed = trained_differently(trained, load_experiment(experiment))
+    if changed:
+        key, (was, now) = next(iter(changed.items()))
+        more = f", and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
+        print(
+            f"note: the run in {workdir} was not trained with experiment {experiment} as its "
+            f"file is now ({key}: {was!r} in the run, {now!r} in the file{more}); it is "
+            "evaluated with its own config (give its own experiment, or --workdir alone)"
+        )
 
 
 def _sweep(args: argparse.Namespace, rest: list[str]) -> None:

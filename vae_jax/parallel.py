@@ -60,6 +60,13 @@ def initialize_distributed(
         jax.distributed.initialize(
             coordinator, num_processes, process_id, initialization_timeout=timeout_seconds + 60
         )
+    except ValueError as e:  # JAX found no cluster and was not told enough to form one
+        raise DistributedError(
+            f"cannot start a multi-process run: {e} Give every process --coordinator HOST:PORT "
+            "--num-processes N --process-id I (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+            "$JAX_PROCESS_ID), or start them under SLURM, Open MPI or on a TPU pod, where "
+            "--distributed alone finds the others"
+        ) from None
     finally:
         watchdog.cancel()
 

@@ -170,7 +170,7 @@ def test_too_little_space_is_refused_before_training(tmp_path):
     out = _in_tmpfs(tmp_path, "2m", f"{_worker('$MNT/run')}; echo rc=$? >&2; ls -A $MNT/run >&2")
     assert "rc=2" in out.stderr, out.stderr[-3000:]
     assert "MiB free; this run needs about" in out.stderr
-    assert "checkpoints" not in out.stderr.split("rc=2")[1]  # nothing trained or saved
+    assert "No such file or directory" in out.stderr.split("rc=2")[1]  # nothing left behind
 
 
 @needs_mount

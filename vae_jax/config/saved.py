@@ -49,6 +49,13 @@ def from_saved(saved: Any, source: str) -> tuple[ml_collections.ConfigDict, dict
     saved = dict(saved)
     mark = saved.pop(KEYS_MARK, None)
     flat, keys = flatten(saved), settings()
+    unknown = sorted(set(flat) - set(keys))
+    if unknown:
+        raise ConfigError(
+            f"{source} holds {', '.join(unknown)}, which vae_jax does not know (a key of a model "
+            "file that is gone from experiments/models/, or an edit): remove it, or restore the "
+            "model file that declares it"
+        )
     if mark is None:
         lost = sorted(FIRST_KEYS - set(flat))
     elif isinstance(mark, str) and mark != _digest(flat):
@@ -90,11 +97,7 @@ def check_resumable(saved: Any, config: ml_collections.ConfigDict, source: Path)
     old, added = from_saved(saved, str(source))
     keys = settings()
     fixed = {"train.num_epochs"} if config.train.schedule != "constant" else set()
-    changed = {
-        k: v
-        for k, v in diff(to_json_dict(old), config).items()
-        if not (k in keys and keys[k].resumable) or k in fixed
-    }
+    changed = trained_differently(old, config)
     if changed:
         lines = "\n".join(
             f"  {k}: {old!r} in the workdir, {new!r} now" for k, (old, new) in changed.items()
@@ -113,3 +116,18 @@ def check_resumable(saved: Any, config: ml_collections.ConfigDict, source: Path)
             + ", eval.*"
         )
     say_added(added, str(source))
+
+
+def trained_differently(
+    trained: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+) -> dict[str, tuple]:
+    """``{key: (trained, now)}``: the keys that may not change on resume in which ``config``
+    differs from the config a run was ``trained`` with (``train.num_epochs`` among them when a
+    decaying schedule's length hangs on it)."""
+    keys = settings()
+    fixed = {"train.num_epochs"} if config.train.schedule != "constant" else set()
+    return {
+        k: v
+        for k, v in diff(to_json_dict(trained), config).items()
+        if not (k in keys and keys[k].resumable) or k in fixed
+    }

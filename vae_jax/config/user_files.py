@@ -38,6 +38,8 @@ def find_file(name: str, directory: Path, kind: str) -> Path:
     :class:`ConfigError` naming the ``kind``s (experiment, sweep) there."""
     if name.endswith(".py") and Path(name).is_file():
         return Path(name)
+    if name.endswith(".py") or "/" in name:
+        raise ConfigError(f"{kind} file {name} does not exist (a name in {directory}, or a path)")
     path = directory / f"{name}.py"
     if name and "/" not in name and path.is_file():
         return path

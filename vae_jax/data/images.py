@@ -55,8 +55,16 @@ def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
             "optionally train_labels, test_labels"
         )
     check_fits_in_memory(sum(sizes), path)
+    arrays = {}
     with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+        for key in f.files:
+            try:
+                arrays[key] = f[key]
+            except ValueError:  # numpy will not unpickle: an array of Python objects
+                raise DataError(
+                    f"{path}: {key} is an array of Python objects; save numeric arrays (uint8, "
+                    "or floats in [0, 1]), e.g. np.stack(images).astype(np.uint8)"
+                ) from None
     out = []
     for split in ("train", "test"):
         images = as_uint8(arrays[f"{split}_images"], f"{path}: {split}_images")
@@ -81,17 +89,27 @@ def _npy_nbytes(z: zipfile.ZipFile, member: str) -> int:
     return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
+_KINDS = {"c": "complex numbers", "U": "strings", "S": "bytes", "O": "Python objects",
+          "M": "dates", "m": "time spans", "V": "records"}  # fmt: skip
+
+
 def as_uint8(images: np.ndarray, where: str) -> np.ndarray:
     """Images as uint8 ``[N, H, W, C]``, 0..255: grayscale or color intensities as they are,
     0/1 data (binarized, any dtype) scaled to 0/255, floats in [0, 1] rounded to 1/255 steps.
     Anything else is a :class:`DataError` naming ``where``."""
     images = np.asarray(images)
+    if images.dtype.kind not in "biuf":  # bool, int, uint, float
+        raise DataError(
+            f"{where}: images are {images.dtype} ({_KINDS.get(images.dtype.kind, 'not numbers')}); "
+            "expected integers 0..255 (or 0/1), or floats in [0, 1]"
+        )
+    shape = images.shape
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or len(images) == 0 or images.shape[-1] not in (1, 3):
+    if images.ndim != 4 or min(images.shape, default=0) == 0 or images.shape[-1] not in (1, 3):
         raise DataError(
-            f"{where}: images of shape {images.shape}; expected [N, H, W] or [N, H, W, C] with "
-            "N >= 1 and C = 1 (grayscale) or 3 (RGB)"
+            f"{where}: images of shape {shape}; expected [N, H, W] or [N, H, W, C] with "
+            "N, H, W >= 1 and C = 1 (grayscale) or 3 (RGB)"
         )
     if images.dtype == np.bool_:
         return images.astype(np.uint8) * 255

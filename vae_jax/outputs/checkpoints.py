@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vae_jax.errors import CheckpointError, VaeJaxError
+from vae_jax.errors import CheckpointError, ConfigError, VaeJaxError
 
 ROTATION_RETRIES = 20
 
@@ -51,16 +51,53 @@ def tree_sha256(tree: Any) -> str:
     return h.hexdigest()
 
 
-def _collect_abandoned_reads() -> None:
-    """After a failed restore, Orbax leaves the reads of the other arrays as unfinished
-    coroutines; collect them now, quietly, instead of letting them print "Exception ignored"
-    whenever the garbage collector happens to find them later."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+def _orbax_leftover(exc: BaseException | None, obj: Any = None) -> bool:
+    """Is this the report of a read that Orbax abandoned after a failed restore: an array read
+    (a coroutine of Orbax or TensorStore) that failed, or a TensorStore callback that found
+    Orbax's event loop closed?"""
+    code = getattr(obj, "cr_code", None)
+    if code is not None and ("orbax" in code.co_filename or "tensorstore" in code.co_filename):
+        return True
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    if exc is not None and any(s in str(exc) for s in ("OCDBT database", "TensorStore")):
+        return True  # a TensorStore read of the checkpoint's files
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_abandoned_reads() -> None:
+    """When a restore fails, Orbax leaves the reads of the other arrays running: they fail
+    later, in TensorStore's threads or when the garbage collector finds them, each with a
+    traceback. The failure is reported in one line, so this process drops those reports (and
+    only those) from the first restore on."""
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+    if getattr(unraisable, "vae_jax_quiet", False):
+        return
+
+    def quiet_unraisable(report) -> None:
+        if not _orbax_leftover(report.exc_value, report.object):
+            unraisable(report)
+
+    def quiet_excepthook(kind, value, tb) -> None:
+        if not _orbax_leftover(value):
+            excepthook(kind, value, tb)
+
+    quiet_unraisable.vae_jax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+    logging.getLogger("asyncio").addFilter(_DropAbandonedTasks())
+
+
+class _DropAbandonedTasks(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for an abandoned Orbax read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_orbax_leftover(exc) or "orbax" in record.getMessage())
 
 
 class _DropReadOnlyNotices(logging.Filter):
@@ -71,9 +108,28 @@ class _DropReadOnlyNotices(logging.Filter):
         return not ("read_only=True" in text or "directory is read only" in text)
 
 
+def _shapes_by_path(tree: Any) -> dict[str, tuple]:
+    """``{'train_state/params/encoder/mean/kernel': (1568, 20), ...}`` of a pytree of arrays,
+    shape structs or Orbax array metadata (which stores named tuples as dicts)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        out["/".join(names)] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+
+def _damaged(path: Path, reason: str, maybe: str = "") -> CheckpointError:
+    """The error of a checkpoint that cannot be restored, its ``reason`` kept apart."""
+    alternative = f"{maybe} while it was read " if maybe else ""
+    error = CheckpointError(f"checkpoint {path} is damaged {alternative}({reason})")
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
 def _short(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-    return text if len(text) <= 300 else text[:300] + "..."
+    """An error in one short line (TensorStore appends its whole spec to its messages)."""
+    text = f"{type(e).__name__}: {e}".strip().splitlines()[0].split(" See full TensorStore")[0]
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 class Checkpointer:
@@ -185,18 +241,51 @@ class Checkpointer:
     def restore(self, step: int, shapes_for: Callable[[dict], Any]) -> Restored:
         """Checkpoint ``step``, verified against its sha256. ``shapes_for(meta)`` gives the
         shapes, dtypes and shardings to restore into."""
+        _quiet_abandoned_reads()
         try:
-            state, meta = self._restore(step, shapes_for(self.restore_meta(step)))
+            shapes = shapes_for(self.restore_meta(step))
+            self._check_shapes(step, shapes)
+            state, meta = self._restore(step, shapes)
         except VaeJaxError:
             raise  # shapes_for refused the checkpoint: e.g. a run of other images
         except Exception as e:  # Orbax, JSON, missing files: all say the same to the user
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} cannot be read ({_short(e)}); it is "
-                "damaged or was rotated away while it was read"
-            ) from e
+            gc.collect()  # the abandoned reads, quietly now rather than at some later moment
+            raise _damaged(self.directory / str(step), _short(e), "or was rotated away") from e
         if tree_sha256(state) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint {step}: its arrays do not match their sha256")
+            raise _damaged(self.directory / str(step), "its arrays do not match their sha256")
         return Restored(step, state, meta)
+
+    def _check_shapes(self, step: int, shapes: Any) -> None:
+        """Refuse, before any array is read, a checkpoint whose arrays have other shapes than
+        the config describes: its run's config.json was changed after training, or the
+        checkpoint is another run's. (Unreadable metadata is left to the restore, which then
+        reports the checkpoint as damaged.)"""
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)  # "Metadata file does not exist": not ours to say
+        try:
+            reader = ocp.StandardCheckpointer()
+            try:
+                stored = reader.metadata(self.directory / str(step) / "state").item_metadata
+            finally:
+                reader.close()
+            saved = _shapes_by_path(stored)
+        except Exception:
+            return
+        finally:
+            absl_logger.setLevel(level)
+        wanted = _shapes_by_path(shapes)
+        differ = [k for k, shape in wanted.items() if k in saved and saved[k] != shape]
+        if differ:
+            first = differ[0]
+            more = f", and {len(differ) - 1} more" if len(differ) > 1 else ""
+            raise ConfigError(
+                f"checkpoint {self.directory / str(step)} holds arrays of other shapes than the "
+                f"run's config describes ({first}: {saved[first]} saved, {wanted[first]} from "
+                f"the config{more}): the run's config.json was changed after training, or the "
+                "checkpoint is another run's. Restore the values it was trained with, or train "
+                "anew with --force"
+            )
 
     def restore_latest_valid(self, shapes_for: Callable[[dict], Any]) -> Restored | None:
         """The newest checkpoint that reads back and matches its sha256, or None if there are
@@ -210,12 +299,11 @@ class Checkpointer:
                 try:
                     return self.restore(step, shapes_for)
                 except CheckpointError as e:
-                    _collect_abandoned_reads()
                     if self._rotated_away(step):
                         break  # start over from the newest
                     print(
                         f"warning: checkpoint {self.directory / str(step)} is damaged "
-                        f"({_short(e)}); falling back to an older one",
+                        f"({getattr(e, 'reason', e)}); falling back to an older one",
                         file=sys.stderr,
                     )
             else:

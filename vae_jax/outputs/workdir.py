@@ -54,6 +54,7 @@ class Workdir:
         self.curve_json = self.path / "curve.json"
         self.curve_figure = self.figures / "nll_vs_cpu_minutes.png"
         self._lock_fd: int | None = None
+        self._made = False  # this process made the folder (when it took the lock)
 
     def eval_json(self, step: int | None = None) -> Path:
         """The evaluation of the newest checkpoint, or of checkpoint ``step``."""
@@ -116,6 +117,7 @@ class Workdir:
             self._lock_fd = -1
             return
         try:
+            self._made = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -182,9 +184,19 @@ class Workdir:
 
     def create(self, config_json: dict, checkpoint_bytes: int, max_to_keep: int) -> None:
         """Make the folders, check that they are writable and have room for ``max_to_keep``
-        checkpoints, and write ``config.json`` (the resolved config)."""
+        checkpoints, and write ``config.json`` (the resolved config). A workdir that this
+        process made and then refuses is removed again: nothing is left behind."""
         if not is_writer():
             return
+        try:
+            self._create(config_json, checkpoint_bytes, max_to_keep)
+        except WorkdirError:
+            if self._made:
+                self.unlock()
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def _create(self, config_json: dict, checkpoint_bytes: int, max_to_keep: int) -> None:
         try:
             self.figures.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-probe"
