@@ -68,7 +68,11 @@ FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PL
         (["mnist_z20", "--config.model.latent_dim=0"], {}, "model.latent_dim=0 is invalid"),
         (["mnist_z20", "--config.model.latent_dim=-1"], {}, "expected an integer from 1 to"),
         (["mnist_z20", "--config.data.binarize=maybe"], {}, "one of none, dynamic, static"),
-        (["mnist_z20", "--config.model.arch=rnn"], {}, "expected one of conv, mlp, resnet"),
+        (
+            ["mnist_z20", "--config.model.arch=rnn"],
+            {},
+            "expected one of conv, ladder, mlp, resnet, two_layer",
+        ),
         (["mnist_z20", "--config.data.name=mnistt"], {}, "unknown TFDS dataset 'mnistt'"),
         (["mnist_z20", "--lr=3"], {}, "unrecognized argument '--lr=3'"),
         (["mnist_z20", "--config=experiments/mnist_z20.py"], {}, "not both"),

@@ -110,7 +110,7 @@ def test_overrides_are_typed_by_the_default():
         ("model.noise_scale", "0", r"expected a finite number > 0"),
         ("model.noise_scale", "nan", r"expected a finite number > 0"),
         ("model.noise_scale", "abc", r"model.noise_scale='abc' is invalid; expected a finite"),
-        ("model.arch", "rnn", r"expected one of conv, mlp, resnet"),
+        ("model.arch", "rnn", r"expected one of conv, ladder, mlp, resnet, two_layer"),
         ("model.likelihood", "poisson", r"expected one of bernoulli, gaussian"),
         ("data.binarize", "yes", r"expected one of none, dynamic, static"),
         ("eval.after_training", "maybe", r"expected true or false"),

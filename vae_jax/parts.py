@@ -7,27 +7,42 @@ line nothing reads the config.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
 
 from vae_jax.core import objectives, train_step
-from vae_jax.core.models import VAE, make_model
+from vae_jax.core.latents import zero_noise
+from vae_jax.core.models import init_params, make_model
 from vae_jax.core.settings import values
 from vae_jax.core.sharding import replicated
 from vae_jax.core.train_step import TrainState
 from vae_jax.errors import ConfigError
 
 
+class LatentLayer(NamedTuple):
+    """One stochastic layer of a model, as its passes show it (top first)."""
+
+    shape: tuple[int, ...]  # of one image's latent
+    closed_form: bool  # its KL(q || p) has a closed form
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
 class EvalSettings(NamedTuple):
     """What every evaluator takes besides the parameters and the images."""
 
     log_lik: objectives.LogLikelihood
-    noise_scale: float  # the bounds use q = N(mean, (noise_scale * stddev)^2), the one sampled
-    latent_dim: int
+    noise_scale: float  # the bounds use the q actually sampled (noise_scale included)
+    layers: tuple[LatentLayer, ...]
     batch_size: int  # test images per chunk
     num_samples: int  # posterior samples per image of the test -ELBO
     iwae_k: int
@@ -38,7 +53,7 @@ class EvalSettings(NamedTuple):
 class Parts(NamedTuple):
     config: ml_collections.ConfigDict  # validated
     image_shape: tuple[int, ...]
-    model: VAE
+    model: nn.Module  # the interface of vae_jax.core.latents
     tx: optax.GradientTransformation
     loss_fn: objectives.Loss
     steps_per_epoch: int  # 0 where the training set is not known (a run loaded back)
@@ -60,6 +75,8 @@ def build_parts(
         model = make_model(image_shape, **config.model)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    layers = latent_layers(model, image_shape)
+    check_combination(config, model, layers)
     steps_per_epoch = (train_size or 0) // config.train.batch_size
     total_steps = steps_per_epoch * config.train.num_epochs or 1
     tx = train_step.make_optimizer(total_steps, **values(config, train_step.SETTINGS))
@@ -68,7 +85,7 @@ def build_parts(
     evaluation = EvalSettings(
         objectives.log_likelihood(m.likelihood, m.obs_stddev),
         m.noise_scale,
-        m.latent_dim,
+        layers,
         e.batch_size,
         e.num_samples,
         e.iwae_k,
@@ -76,6 +93,50 @@ def build_parts(
         e.iwae_pairs_per_call,
     )
     return Parts(config, tuple(image_shape), model, tx, loss_fn, steps_per_epoch, evaluation, mesh)
+
+
+def latent_layers(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[LatentLayer, ...]:
+    """The model's stochastic layers, read off a pass traced at shapes only (no compute)."""
+
+    def one_pass():
+        x = jnp.zeros((1, *image_shape), jnp.float32)
+        params = init_params(model, jax.random.key(0), image_shape)
+        return objectives.run_model(model, params, x, zero_noise, 1.0)
+
+    traced = jax.eval_shape(one_pass)
+    return tuple(
+        LatentLayer(tuple(layer.z.shape[1:]), layer.q is not None and layer.p is not None)
+        for layer in traced.layers
+    )
+
+
+def check_combination(
+    config: ml_collections.ConfigDict, model: nn.Module, layers: tuple[LatentLayer, ...]
+) -> None:
+    """Refuse, before training, objectives the model cannot serve."""
+    m, o = config.model, config.objective
+    what = f"model.arch={m.arch!r}, model.prior={m.prior!r}, model.posterior={m.posterior!r}"
+    open_layers = [i for i, layer in enumerate(layers) if not layer.closed_form]
+    if o.kl == "analytic" and open_layers:
+        raise ConfigError(
+            f"objective.kl='analytic' needs a closed-form KL in every latent layer; with {what} "
+            f"layer {open_layers[0]} (top first) has none (a learned prior, a flow, or a prior "
+            "that hangs on a later draw). Use objective.kl=auto (closed form where it exists) "
+            "or objective.kl=sample"
+        )
+    flow = getattr(model, "flow", None)
+    no_density = flow is not None and not getattr(flow, "density_at_z", True)
+    if o.name == "iwae" and o.dreg and (getattr(model, "q_params", None) is None or no_density):
+        reason = (
+            f"model.posterior={m.posterior!r} gives no density at a given z"
+            if no_density
+            else f"model.arch={m.arch!r} shares q's parameters with p's"
+        )
+        raise ConfigError(
+            f"objective.dreg=true needs log q(z|x) at given latents with q's parameters apart: "
+            f"{reason}. Use objective.dreg=false (the IWAE gradient), or model.posterior="
+            "gaussian with a one-latent architecture"
+        )
 
 
 def init_state(parts: Parts, seed: int) -> TrainState:

@@ -78,7 +78,7 @@ def test_the_shipped_sweep_is_the_issue_grid():
         ({}, "the grid is empty"),
         ({"model.latent_dim": [2, 2]}, "repeats a value"),
         ({"model.latent_dim": [0]}, "model.latent_dim=0 is invalid"),
-        ({"model.arch": ["conv", "rnn"]}, "one of conv, mlp, resnet"),
+        ({"model.arch": ["conv", "rnn"]}, "one of conv, ladder, mlp, resnet, two_layer"),
     ],
 )
 def test_bad_grid_fails_at_once_and_writes_nothing(tmp_path, grid, message):

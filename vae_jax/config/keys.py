@@ -83,10 +83,19 @@ def settings() -> dict[str, Setting]:
     import_user_models()
     keys = {**GENERAL, **objectives.SETTINGS, **train_step.SETTINGS}
     keys["model.arch"] = Setting(
-        "conv", one_of(*models.ARCHITECTURES), "the encoder and decoder (conv: the seed's)"
+        "conv", one_of(*sorted(models.ARCHITECTURES)), "the encoder and decoder (conv: the seed's)"
     )
-    for arch in models.ARCHITECTURES.values():
-        keys.update({f"model.{k}": s for k, s in arch.settings.items()})
+    keys["model.prior"] = Setting(
+        "standard", one_of(*sorted(models.PRIORS)), "p(z) of a one-latent arch (standard: N(0, I))"
+    )
+    keys["model.posterior"] = Setting(
+        "gaussian",
+        one_of(*sorted(models.POSTERIORS)),
+        "q(z|x) of a one-latent arch: the encoder's Gaussian (gaussian), or a flow after it",
+    )
+    for table in (models.ARCHITECTURES, models.PRIORS, models.POSTERIORS):
+        for component in table.values():
+            keys.update({f"model.{k}": s for k, s in component.settings.items()})
     return dict(sorted(keys.items()))
 
 

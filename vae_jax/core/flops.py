@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax.core.models import VAE, init_params
+from vae_jax.core.models import init_params
 
 TRAIN_STEP_FACTOR = 3
 
 
-def forward_flops(model: VAE, image_shape: Sequence[int]) -> float:
-    """XLA's count of encoding one image and decoding its posterior mean (``VAE.__call__``;
-    the unused log-variance head is left out by XLA)."""
+def forward_flops(model: nn.Module, image_shape: Sequence[int]) -> float:
+    """XLA's count of one pass of the model over one image at its posterior means
+    (``__call__``: encoding, every latent layer with its densities, decoding)."""
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), image_shape))
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
@@ -28,6 +29,6 @@ def forward_flops(model: VAE, image_shape: Sequence[int]) -> float:
     return float(analysis["flops"])
 
 
-def train_flops(model: VAE, image_shape: Sequence[int]) -> float:
+def train_flops(model: nn.Module, image_shape: Sequence[int]) -> float:
     """FLOPs of one training step per image."""
     return TRAIN_STEP_FACTOR * forward_flops(model, image_shape)

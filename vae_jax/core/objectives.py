@@ -1,23 +1,27 @@
-"""The VAE objective and the importance weights of the IWAE bound, in nats per image.
+"""The training objectives and the bounds, in nats per image, in terms of what a model gives for
+a batch: each stochastic layer's sample with log q and log p, and p(x|z)'s logits
+(:mod:`vae_jax.core.latents`). Nothing here assumes one Gaussian latent under N(0, I).
 
 Every per-image term is summed over pixels (reconstruction) or latent dimensions (KL); the
 training loss is the mean over the batch of their sum. Data ``x`` are floats in [0, 1]:
 grayscale intensities, or 0/1 when binarized (see :mod:`vae_jax.core.pixels`).
 
-``noise_scale`` (``s``) scales the reparameterization noise: z = mean + s * stddev * eps, eps ~
-N(0, I). The training loss keeps the seed's latent term KL(N(mean, stddev^2) || N(0, I)), which
-ignores ``s``; every reported bound instead uses the distribution actually sampled,
-q = N(mean, (s * stddev)^2), so it is a valid evidence lower bound for any ``s``. For ``s = 1``
-the two coincide and the training loss is the negative ELBO.
+The KL of a layer is its closed form where the model says one holds (``Layer.p``) and
+``objective.kl`` allows it, else the one-sample estimate log q(z) - log p(z) at the z drawn.
+``noise_scale`` (``s``) scales the reparameterization noise of every Gaussian layer: z = mean +
+s * stddev * eps. The training loss keeps the seed's closed-form term KL(N(mean, stddev^2) ||
+p), which ignores ``s``; every reported bound instead uses the distribution actually sampled,
+so it is a valid evidence lower bound for any ``s``. For ``s = 1`` the two coincide.
 
 With the Bernoulli likelihood on grayscale data the reconstruction term is the seed's sigmoid
 cross-entropy; it is not the log-density of a normalized distribution over [0, 1], so the
 "ELBO" then bounds no likelihood. Binarize the data for numbers comparable with papers.
 
 The IWAE bound (Burda, Grosse & Salakhutdinov, 2016): for an image x and k samples
-z_i ~ q(z|x), ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)`` and the bound is
-``log mean_i exp(log w_i)``. Sample s of image g uses ``fold_in(fold_in(key, g), s)``, so a
-bound does not depend on how images and samples are split into chunks, nor on the device count.
+z_i ~ q(z|x), ``log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)`` summed over the layers,
+and the bound is ``log mean_i exp(log w_i)``. In evaluation sample s of image g uses
+``fold_in(fold_in(key, g), s)``, so a bound does not depend on how images and samples are split
+into chunks, nor on the device count.
 """
 
 from __future__ import annotations
@@ -27,10 +31,20 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax.core.models import VAE
+from vae_jax.core.latents import (
+    LOG_2PI,
+    Layer,
+    Noise,
+    Pass,
+    noise_from_key,
+    sampled_logvar,
+    sum_per_image,
+    twice_kl_per_dim,
+)
 from vae_jax.core.settings import (
     BOOL,
     NON_NEGATIVE,
@@ -43,6 +57,7 @@ from vae_jax.core.settings import (
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "iwae")
+KL_ESTIMATES = ("auto", "analytic", "sample")
 SETTINGS = {  # the objective's config keys; make_loss takes them by their last component
     "model.likelihood": Setting(
         "bernoulli",
@@ -62,32 +77,19 @@ SETTINGS = {  # the objective's config keys; make_loss takes them by their last 
     "objective.free_bits": Setting(
         0.0, NON_NEGATIVE, "elbo: nats of KL per latent dimension left unpenalized"
     ),
+    "objective.kl": Setting(
+        "auto",
+        one_of(*KL_ESTIMATES),
+        "elbo: each layer's KL in closed form where the model has one (auto; analytic insists), "
+        "else (sample: always) the sample's log q - log p",
+    ),
     "objective.k": Setting(1, POSITIVE_INT, "iwae: samples per image"),
     "objective.dreg": Setting(
         False, BOOL, "iwae: doubly reparameterized encoder gradients (Tucker et al. 2018)"
     ),
 }
 Loss = Callable[..., tuple[jax.Array, jax.Array]]  # (params, x, key, step, noise_scale)
-LOG_2PI = math.log(2.0 * math.pi)
 LogLikelihood = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, x) -> [B] nats
-
-
-class Terms(NamedTuple):
-    """Per-image terms, each of shape [B], in nats."""
-
-    recon: jax.Array  # -log p(x|z) for one z ~ q, summed over pixels
-    kl_objective: jax.Array  # the seed's latent loss, KL(N(mean, stddev^2) || N(0, I))
-    kl: jax.Array  # KL(q || N(0, I)) of q = N(mean, (noise_scale * stddev)^2), the one sampled
-
-
-def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
-    return 0.5 * jnp.sum(_twice_kl_per_dim(mean, logvar), axis=-1)
-
-
-def _twice_kl_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """2 KL of each latent dimension: mean^2 + var - log var - 1."""
-    return jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0
 
 
 def _sum_pixels(v: jax.Array) -> jax.Array:
@@ -124,56 +126,94 @@ def log_likelihood(name: str, obs_stddev: float) -> LogLikelihood:
     raise ValueError(f"likelihood {name!r}: use one of {', '.join(LIKELIHOODS)}")
 
 
-def sampled_logvar(logvar: jax.Array, noise_scale: float | jax.Array) -> jax.Array:
-    """log-variance of q actually sampled: log((noise_scale * stddev)^2)."""
-    return logvar + 2.0 * jnp.log(noise_scale)
+# ---------------------------------------------------------------------------------------------
+# A model's pass, and each layer's KL
+
+
+def run_model(
+    model: nn.Module,
+    params: dict,
+    x: jax.Array,
+    noise: Noise | None,
+    noise_scale: float | jax.Array,
+    given: tuple | None = None,
+    samples: int = 1,
+) -> Pass:
+    """The model's pass over images ``x [N, ...]``; with ``samples`` k, each image's features
+    are computed once and k latents drawn for it: the pass covers N * k, image by image."""
+    variables = {"params": params}
+    features = model.apply(variables, x, method="features")
+    if samples > 1:
+        features = jax.tree.map(lambda a: jnp.repeat(a, samples, axis=0), features)
+        x = jnp.repeat(x, samples, axis=0)
+    return model.apply(variables, features, x, noise, noise_scale, given, method="forward")
+
+
+def closed_form(layer: Layer, kl: str) -> bool:
+    """Whether ``layer``'s KL is taken in closed form under ``objective.kl``."""
+    return kl != "sample" and layer.q is not None and layer.p is not None
+
+
+def kl_per_dim(layer: Layer, noise_scale: float | jax.Array | None) -> jax.Array:
+    """The closed-form KL of each dimension ``[N, *shape]``: of q as sampled, or with
+    ``noise_scale`` None of q's unscaled Gaussian (the seed's training term)."""
+    q = layer.q
+    if noise_scale is not None:
+        q = q._replace(logvar=sampled_logvar(q.logvar, noise_scale))
+    return 0.5 * twice_kl_per_dim(q, layer.p)
+
+
+def layer_kl(layer: Layer, kl: str, noise_scale: float | jax.Array | None) -> jax.Array:
+    """``[N]``: the layer's KL, in closed form where it holds (see :func:`kl_per_dim` for
+    ``noise_scale``), else the sample's log q - log p."""
+    if closed_form(layer, kl):
+        q = layer.q
+        if noise_scale is not None:
+            q = q._replace(logvar=sampled_logvar(q.logvar, noise_scale))
+        return 0.5 * sum_per_image(twice_kl_per_dim(q, layer.p))
+    return layer.log_q - layer.log_p
+
+
+class Terms(NamedTuple):
+    """Per-image terms, each of shape [N], in nats."""
+
+    recon: jax.Array  # -log p(x|z) for one z ~ q, summed over pixels
+    kl_objective: jax.Array  # the KL the training loss uses (the seed's ignores noise_scale)
+    kl: jax.Array  # the KL of the q sampled: the ELBO is -(recon + kl)
+    kl_layers: tuple[jax.Array, ...]  # kl, layer by layer (top first)
 
 
 def elbo_terms(
-    model: VAE,
+    model: nn.Module,
     params: dict,
     x: jax.Array,
     key: jax.Array,
     log_lik: LogLikelihood,
     noise_scale: float | jax.Array,
+    kl: str = "auto",
 ) -> Terms:
-    """Encode ``x``, draw one z per image with ``key``, decode, and return the terms."""
-    mean, logvar, logits = _encode_sample_decode(model, params, x, key, noise_scale)
+    """Draw one latent per image with ``key`` and return the terms."""
+    p = run_model(model, params, x, noise_from_key(key), noise_scale)
+    layers = tuple(layer_kl(layer, kl, noise_scale) for layer in p.layers)
     return Terms(
-        recon=-log_lik(logits, x),
-        kl_objective=gaussian_kl(mean, logvar),
-        kl=gaussian_kl(mean, sampled_logvar(logvar, noise_scale)),
+        recon=-log_lik(p.logits, x),
+        kl_objective=_total([layer_kl(layer, kl, None) for layer in p.layers]),
+        kl=_total(layers),
+        kl_layers=layers,
     )
 
 
-def _encode_sample_decode(model, params, x, key, noise_scale):
-    """q's mean and log-variance of ``x``, and the decoder's logits at one z = mean +
-    noise_scale * stddev * eps per image (the reparameterization trick), eps drawn with ``key``."""
-    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
-    z = mean + noise_scale * jnp.exp(0.5 * logvar) * eps
-    return mean, logvar, model.apply({"params": params}, z, method=VAE.decode)
+def _total(terms: list | tuple) -> jax.Array:
+    """The sum of per-layer terms (a single layer's as it is)."""
+    return functools.reduce(jnp.add, terms)
 
 
-def training_loss(
-    model: VAE,
-    params: dict,
-    x: jax.Array,
-    key: jax.Array,
-    log_lik: LogLikelihood,
-    noise_scale: float | jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    """The seed's loss: mean over the batch of recon + KL(N(mean, stddev^2) || N(0, I)), and
-    ``[loss, recon, kl]`` for logging."""
-    terms = elbo_terms(model, params, x, key, log_lik, noise_scale)
-    recon = jnp.mean(terms.recon)
-    kl = jnp.mean(terms.kl_objective)
-    loss = recon + kl
-    return loss, jnp.stack([loss, recon, kl])
+# ---------------------------------------------------------------------------------------------
+# Training losses
 
 
 def make_loss(
-    model: VAE,
+    model: nn.Module,
     *,
     likelihood: str,
     obs_stddev: float,
@@ -181,24 +221,33 @@ def make_loss(
     beta: float,
     kl_warmup_steps: int,
     free_bits: float,
+    kl: str,
     k: int,
     dreg: bool,
 ) -> Loss:
     """``(params, x, key, step, noise_scale) -> (loss, [loss, recon, kl])``, nats per image:
     the training loss the objective's settings (:data:`SETTINGS`, by their last component)
     describe; ``noise_scale`` is given at each call instead (runs trained together differ in
-    it). With the defaults it is the seed's loss, :func:`training_loss`, bit for bit."""
+    it). With the defaults it is the seed's loss bit for bit."""
     log_lik = log_likelihood(likelihood, obs_stddev)
     if name == "iwae":
         return functools.partial(_iwae_loss, model, log_lik=log_lik, k=k, dreg=dreg)
     if beta == 1.0 and kl_warmup_steps == 0 and free_bits == 0.0:
-        return lambda params, x, key, step, noise_scale: training_loss(
-            model, params, x, key, log_lik, noise_scale
-        )
+        return functools.partial(_elbo_loss, model, log_lik=log_lik, kl=kl)
     return functools.partial(
         _weighted_elbo_loss, model, log_lik=log_lik, beta=beta, warmup=kl_warmup_steps,
-        free_bits=free_bits,
+        free_bits=free_bits, kl=kl,
     )  # fmt: skip
+
+
+def _elbo_loss(model, params, x, key, step, noise_scale, *, log_lik, kl):
+    """Minus the ELBO (the seed's loss): the batch mean of recon + the KL of every layer."""
+    del step
+    terms = elbo_terms(model, params, x, key, log_lik, noise_scale, kl)
+    recon = jnp.mean(terms.recon)
+    kl_mean = jnp.mean(terms.kl_objective)
+    loss = recon + kl_mean
+    return loss, jnp.stack([loss, recon, kl_mean])
 
 
 def kl_weight(step: jax.Array, beta: float, warmup: int) -> jax.Array:
@@ -209,98 +258,81 @@ def kl_weight(step: jax.Array, beta: float, warmup: int) -> jax.Array:
 
 
 def _weighted_elbo_loss(model, params, x, key, step, noise_scale, *, log_lik, beta, warmup,
-                        free_bits):  # fmt: skip
-    """recon + kl_weight(step) * KL, the KL of each latent dimension (its batch mean) counted
-    as at least ``free_bits`` nats (Kingma et al. 2016); the logged KL is the true one."""
-    mean, logvar, logits = _encode_sample_decode(model, params, x, key, noise_scale)
-    recon = jnp.mean(-log_lik(logits, x))
-    kl_per_dim = jnp.mean(0.5 * _twice_kl_per_dim(mean, logvar), axis=0)
-    kl = jnp.sum(kl_per_dim)
-    penalized = jnp.sum(jnp.maximum(kl_per_dim, free_bits)) if free_bits else kl
-    loss = recon + kl_weight(step, beta, warmup) * penalized
-    return loss, jnp.stack([loss, recon, kl])
+                        free_bits, kl):  # fmt: skip
+    """recon + kl_weight(step) * KL, each layer's KL counted as at least ``free_bits`` nats per
+    dimension (Kingma et al. 2016): per dimension, as its batch mean, where the KL has a closed
+    form; as the layer's batch mean (``free_bits`` times its dimensions) where it is the
+    sample's estimate. The logged KL is the true one."""
+    p = run_model(model, params, x, noise_from_key(key), noise_scale)
+    recon = jnp.mean(-log_lik(p.logits, x))
+    true_kl, penalized = [], []
+    for layer in p.layers:
+        if closed_form(layer, kl):
+            per_dim = jnp.mean(kl_per_dim(layer, None), axis=0)
+            true_kl.append(jnp.sum(per_dim))
+            penalized.append(jnp.sum(jnp.maximum(per_dim, free_bits)) if free_bits else true_kl[-1])
+        else:
+            estimate = jnp.mean(layer.log_q - layer.log_p)
+            floor = free_bits * math.prod(layer.z.shape[1:])
+            true_kl.append(estimate)
+            penalized.append(jnp.maximum(estimate, floor) if free_bits else estimate)
+    total = _total(true_kl)
+    loss = recon + kl_weight(step, beta, warmup) * _total(penalized)
+    return loss, jnp.stack([loss, recon, total])
+
+
+def _log_weights(p: Pass, x: jax.Array, log_lik: LogLikelihood, samples: int) -> jax.Array:
+    """``[N, samples]`` log importance weights of a pass over N * samples."""
+    log_w = log_lik(p.logits, x) + sum(layer.log_p - layer.log_q for layer in p.layers)
+    return log_w.reshape(-1, samples)
 
 
 def _iwae_loss(model, params, x, key, step, noise_scale, *, log_lik, k, dreg):
     """Minus the k-sample IWAE bound (Burda et al. 2016), batch mean; with ``dreg`` the
-    encoder's gradient is the doubly reparameterized one (Tucker et al. 2018): the weights'
-    squares times the path derivative of each log weight, the score term dropped. The decoder's
-    gradient is the IWAE gradient either way. Logged: recon and KL of q (analytic)."""
+    gradient of q's parameters is the doubly reparameterized one (Tucker et al. 2018): the
+    weights' squares times the path derivative of each log weight, the score term dropped. The
+    other parameters' gradient is the IWAE gradient either way. Logged: recon and the KL
+    (closed form where it holds)."""
     del step
-    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
-    eps = jax.random.normal(key, (x.shape[0], k, mean.shape[-1]), mean.dtype)
-    std = noise_scale * jnp.exp(0.5 * logvar)
-    z = mean[:, None] + std[:, None] * eps
-    log_w, recon = _log_weights_at(model, params, x, z, mean, std, log_lik, dreg)
-    bound = jax.nn.logsumexp(log_w, axis=-1) - math.log(k)
-    loss = -jnp.mean(bound)
+    noise, x_rep = noise_from_key(key), jnp.repeat(x, k, axis=0)
+    p = run_model(model, params, x, noise, noise_scale, samples=k)
+    log_w = _log_weights(p, x_rep, log_lik, k)
+    loss = -jnp.mean(jax.nn.logsumexp(log_w, axis=-1) - math.log(k))
     if dreg:
-        w = jax.lax.stop_gradient(jax.nn.softmax(log_w, axis=-1))
-        encoder = -jnp.mean(jnp.sum(jnp.square(w) * log_w, axis=-1))
-        decoder = _decoder_only_bound(model, params, x, z, mean, std, log_lik, k)
-        loss = jax.lax.stop_gradient(loss) + (encoder - jax.lax.stop_gradient(encoder))
-        loss = loss + (decoder - jax.lax.stop_gradient(decoder))
-    kl = jnp.mean(gaussian_kl(mean, sampled_logvar(logvar, noise_scale)))
+        loss = _dreg_loss(model, params, x, p, log_w, loss, noise, noise_scale, log_lik, k)
+    recon = -jnp.mean(log_lik(p.logits, x_rep))
+    kl = jnp.mean(_total([layer_kl(layer, "auto", noise_scale) for layer in p.layers]))
     return loss, jnp.stack([loss, recon, kl])
 
 
-def _log_weights_at(model, params, x, z, mean, std, log_lik, stop_q: bool):
-    """``[B, K]`` log weights at latents ``z [B, K, d]`` of q = N(mean, std^2), and the mean
-    reconstruction term; ``stop_q``: the decoder's parameters and q's parameters in its density
-    are constants (the path derivative through ``z`` alone, for DReG)."""
-    dec = jax.tree.map(jax.lax.stop_gradient, params) if stop_q else params
-    if stop_q:
-        mean, std = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(std)
-    log_px = _log_px(model, dec, x, z, log_lik)
-    log_q = jnp.sum(-0.5 * jnp.square((z - mean[:, None]) / std[:, None])
-                    - jnp.log(std)[:, None] - 0.5 * LOG_2PI, axis=-1)  # fmt: skip
-    return log_px + _log_prior(z) - log_q, -jnp.mean(log_px)
-
-
-def _log_px(model: VAE, params: dict, x: jax.Array, z: jax.Array, log_lik: LogLikelihood):
-    """``[B, K]`` log p(x_b | z_bk) of images ``x [B, ...]`` at latents ``z [B, K, d]``."""
-    b, k, d = z.shape
-    logits = model.apply({"params": params}, z.reshape(b * k, d), method=VAE.decode)
-    x_rep = jnp.broadcast_to(x[:, None], (b, k, *x.shape[1:])).reshape(b * k, *x.shape[1:])
-    return log_lik(logits, x_rep).reshape(b, k)
-
-
-def _log_prior(z: jax.Array) -> jax.Array:
-    """log N(z | 0, I), summed over the last axis."""
-    return jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI, axis=-1)
-
-
-def _decoder_only_bound(model, params, x, z, mean, std, log_lik, k) -> jax.Array:
-    """Minus the IWAE bound with the encoder's outputs held constant: its gradient is the
-    decoder's IWAE gradient."""
-    z, mean, std = (jax.lax.stop_gradient(a) for a in (z, mean, std))
-    log_w, _ = _log_weights_at(model, params, x, z, mean, std, log_lik, stop_q=False)
-    return -jnp.mean(jax.nn.logsumexp(log_w, axis=-1) - math.log(k))
-
-
-def importance_noise(
-    key: jax.Array, image_ids: jax.Array, sample_ids: jax.Array, dim: int
-) -> jax.Array:
-    """Standard normal noise ``[len(image_ids), len(sample_ids), dim]``, one key per pair."""
-
-    def one(g, s):
-        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, g), s), (dim,))
-
-    return jax.vmap(lambda g: jax.vmap(lambda s: one(g, s))(sample_ids))(image_ids)
+def _dreg_loss(model, params, x, p: Pass, log_w, loss, noise, noise_scale, log_lik, k):
+    """The loss whose gradient is DReG's for q's parameters (``model.q_params``: the path
+    derivative of each log weight through its latents, every density's parameters held,
+    weighted by the normalized weights' squares) and IWAE's for the others (the same draws,
+    q's parameters held, so the latents are constants)."""
+    stop = jax.lax.stop_gradient
+    x_rep = jnp.repeat(x, k, axis=0)
+    zs = tuple(layer.z for layer in p.layers)
+    held = jax.tree.map(stop, params)
+    through_z = run_model(model, held, x, None, noise_scale, given=zs, samples=k)
+    w = stop(jax.nn.softmax(log_w, axis=-1))
+    q_part = -jnp.mean(jnp.sum(jnp.square(w) * _log_weights(through_z, x_rep, log_lik, k), -1))
+    q_held = {name: stop(v) if name in model.q_params else v for name, v in params.items()}
+    at_z = run_model(model, q_held, x, noise, noise_scale, samples=k)
+    p_part = -jnp.mean(jax.nn.logsumexp(_log_weights(at_z, x_rep, log_lik, k), -1) - math.log(k))
+    return stop(loss) + (q_part - stop(q_part)) + (p_part - stop(p_part))
 
 
 def log_weights(
-    model: VAE,
+    model: nn.Module,
     params: dict,
     x: jax.Array,
-    eps: jax.Array,
+    noise: Noise,
     log_lik: LogLikelihood,
     noise_scale: float,
+    samples: int,
 ) -> jax.Array:
-    """``[B, K]`` log importance weights of images ``x [B, ...]`` for noise ``eps [B, K, z]``
-    (log q from ``eps`` itself: the same value as training's, without the division)."""
-    mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
-    logstd = 0.5 * sampled_logvar(logvar, noise_scale)
-    z = mean[:, None] + jnp.exp(logstd)[:, None] * eps
-    log_q = jnp.sum(-0.5 * jnp.square(eps) - logstd[:, None] - 0.5 * LOG_2PI, axis=-1)
-    return _log_px(model, params, x, z, log_lik) + _log_prior(z) - log_q
+    """``[N, samples]`` log importance weights of images ``x [N, ...]``, the latents of image
+    n's sample s drawn from ``noise`` at row ``n * samples + s``."""
+    p = run_model(model, params, x, noise, noise_scale, samples=samples)
+    return _log_weights(p, jnp.repeat(x, samples, axis=0), log_lik, samples)

@@ -11,17 +11,19 @@ A checkpoint holds :func:`checkpoint_tree`: the :class:`TrainState` and the epoc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Sharding
 
 from vae_jax.core import objectives, pixels, rng
-from vae_jax.core.models import VAE, init_params
-from vae_jax.core.settings import NON_NEGATIVE_INT, POSITIVE, Setting, one_of
+from vae_jax.core.models import init_params
+from vae_jax.core.settings import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Setting, one_of
 
 TRAIN_METRICS = ("loss", "recon", "kl")
 
@@ -62,6 +64,12 @@ SETTINGS = {  # the optimizer's config keys; make_optimizer takes them by their 
     ),
     "train.warmup_steps": Setting(0, NON_NEGATIVE_INT, "cosine: warm-up steps"),
     "train.adam_eps": Setting(1e-8, POSITIVE, "Adam's epsilon (Burda et al.: 1e-4)"),
+    "train.grad_clip_norm": Setting(
+        0.0, NON_NEGATIVE, "clip the gradient to this global norm (0: never)"
+    ),
+    "train.grad_skip_norm": Setting(
+        0.0, NON_NEGATIVE, "skip an update whose gradient's global norm is above this (0: never)"
+    ),
 }
 STAIRCASE_STAGES = 8
 
@@ -86,18 +94,34 @@ def learning_rate_schedule(
 
 
 def make_optimizer(
-    total_steps: int, *, learning_rate: float, schedule: str, warmup_steps: int, adam_eps: float
+    total_steps: int,
+    *,
+    learning_rate: float,
+    schedule: str,
+    warmup_steps: int,
+    adam_eps: float,
+    grad_clip_norm: float,
+    grad_skip_norm: float,
 ) -> optax.GradientTransformation:
     """Adam with the learning-rate schedule of :data:`SETTINGS` over ``total_steps``; a
-    constant rate with the default epsilon is ``optax.adam(learning_rate)`` itself."""
+    constant rate with the default epsilon is ``optax.adam(learning_rate)`` itself. The
+    stabilizers of deep hierarchies (VDVAE): gradients clipped to ``grad_clip_norm``; updates
+    whose gradient norm exceeds ``grad_skip_norm`` skipped (Adam's state untouched)."""
     if schedule == "constant" and adam_eps == 1e-8:
-        return optax.adam(learning_rate)
-    lr = learning_rate_schedule(total_steps, learning_rate, schedule, warmup_steps)
-    return optax.adam(lr, eps=adam_eps)
+        tx = optax.adam(learning_rate)
+    else:
+        lr = learning_rate_schedule(total_steps, learning_rate, schedule, warmup_steps)
+        tx = optax.adam(lr, eps=adam_eps)
+    if grad_clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+    if grad_skip_norm:
+        skip = functools.partial(optax.skip_large_updates, max_squared_norm=grad_skip_norm**2)
+        tx = optax.MultiSteps(tx, 1, should_skip_update_fn=skip)
+    return tx
 
 
 def init_state(
-    seed: int, model: VAE, tx: optax.GradientTransformation, image_shape: Sequence[int]
+    seed: int, model: nn.Module, tx: optax.GradientTransformation, image_shape: Sequence[int]
 ) -> TrainState:
     root = rng.root_key(seed)
     params = init_params(model, rng.stream(root, rng.Stream.INIT), image_shape)
@@ -110,7 +134,7 @@ def checkpoint_tree(state: TrainState, sums: EpochSums) -> dict:
 
 
 def checkpoint_like(
-    model: VAE,
+    model: nn.Module,
     tx: optax.GradientTransformation,
     image_shape: Sequence[int],
     sharding: Sharding,
@@ -132,30 +156,18 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_train_step(
-    tx: optax.GradientTransformation,
+def make_gradient(
     loss_fn: objectives.Loss,
     *,
     batch_size: int,
     steps_per_epoch: int,
     dynamic_binarize: bool,
     batch_sharding: Sharding,
-) -> Callable[..., tuple[TrainState, EpochSums]]:
-    """``(state, sums, images, perm, noise_scale) -> (state, sums)``, pure; ``loss_fn`` is
-    :func:`vae_jax.core.objectives.make_loss`'s.
+) -> Callable[..., tuple[tuple[jax.Array, jax.Array], Any]]:
+    """``(state, images, perm, noise_scale) -> ((loss, metrics), grads)`` of the batch of step
+    ``state.step`` (see :func:`make_train_step`)."""
 
-    ``images``: the uint8 training set; ``perm``: this epoch's permutation of it. The step's
-    batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, placed by
-    ``batch_sharding`` over the devices. Noise (and dynamic binarization) use
-    ``fold_in(TRAIN, state.step)``. ``noise_scale`` may be traced: runs trained together map
-    this step over their states and noise scales.
-
-    NaN guard: if the loss or any gradient is not finite, the update is not applied, the step is
-    recorded in ``sums.first_bad``, and no later step changes the parameters either, so the
-    loop can stop with the state as it was before the bad step.
-    """
-
-    def step(state: TrainState, sums: EpochSums, images, perm, noise_scale):
+    def gradient(state: TrainState, images, perm, noise_scale):
         offset = (state.step % steps_per_epoch) * batch_size
         idx = jax.lax.with_sharding_constraint(
             jax.lax.dynamic_slice_in_dim(perm, offset, batch_size), batch_sharding
@@ -169,7 +181,32 @@ def make_train_step(
         def loss(params):
             return loss_fn(params, x, noise_key, state.step, noise_scale)
 
-        (loss, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        return jax.value_and_grad(loss, has_aux=True)(state.params)
+
+    return gradient
+
+
+def make_train_step(
+    tx: optax.GradientTransformation, loss_fn: objectives.Loss, **batching: Any
+) -> Callable[..., tuple[TrainState, EpochSums]]:
+    """``(state, sums, images, perm, noise_scale) -> (state, sums)``, pure; ``loss_fn`` is
+    :func:`vae_jax.core.objectives.make_loss`'s; ``batching``: ``batch_size``,
+    ``steps_per_epoch``, ``dynamic_binarize``, ``batch_sharding``.
+
+    ``images``: the uint8 training set; ``perm``: this epoch's permutation of it. The step's
+    batch is ``images[perm[i*B:(i+1)*B]]`` with ``i = state.step % steps_per_epoch``, placed by
+    ``batch_sharding`` over the devices. Noise (and dynamic binarization) use
+    ``fold_in(TRAIN, state.step)``. ``noise_scale`` may be traced: runs trained together map
+    this step over their states and noise scales.
+
+    NaN guard: if the loss or any gradient is not finite, the update is not applied, the step is
+    recorded in ``sums.first_bad``, and no later step changes the parameters either, so the
+    loop can stop with the state as it was before the bad step.
+    """
+    gradient = make_gradient(loss_fn, **batching)
+
+    def step(state: TrainState, sums: EpochSums, images, perm, noise_scale):
+        (loss, metrics), grads = gradient(state, images, perm, noise_scale)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 

@@ -1,7 +1,7 @@
 """After each epoch, for one run: the test -ELBO (the same noise every epoch, so epochs can be
 compared) and the figures: the first test images reconstructed at their posterior means,
-samples of fixed latents, and ``reconstructions.png`` (epoch 1, ``figures.late_epoch`` and the
-originals). Process 0 draws."""
+samples of the model's prior (the same key every epoch), and ``reconstructions.png`` (epoch 1,
+``figures.late_epoch`` and the originals). Process 0 draws."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 
 from vae_jax.core import rng
 from vae_jax.core.pixels import to_float
-from vae_jax.evaluation.evaluators import decoder_means, make_test_evaluator, reconstructions
+from vae_jax.evaluation.decoding import prior_samples, reconstructions
+from vae_jax.evaluation.evaluators import make_test_evaluator
 from vae_jax.outputs import plots
 from vae_jax.outputs.workdir import is_writer
 from vae_jax.parts import Parts
@@ -29,10 +30,9 @@ def make_epoch_end(
     """``(params, epoch) -> (test means, seconds, image grids)`` for the run of root key
     ``root`` (its EVAL and FIGURES streams), drawing into the folder ``figures``."""
     evaluate = make_test_evaluator(parts, test_images, rng.stream(root, rng.Stream.EVAL))
-    reconstruct, decode = reconstructions(parts.model), decoder_means(parts.model)
     images = test_images[: plots.FIGURE_IMAGES]
-    latent_dim = parts.config.model.latent_dim
-    z = jax.random.normal(rng.stream(root, rng.Stream.FIGURES), (len(images), latent_dim))
+    reconstruct = reconstructions(parts.model)
+    sample, key = prior_samples(parts.model, len(images)), rng.stream(root, rng.Stream.FIGURES)
     late_epoch, title = parts.config.figures.late_epoch, figure_title(name, parts.config)
     if is_writer():
         plots.save_grid(plots.originals_path(figures), to_float(images))
@@ -42,7 +42,7 @@ def make_epoch_end(
         test = evaluate(params)
         grids = {
             "reconstructions": plots.make_grid(np.asarray(reconstruct(params, images))),
-            "samples": plots.make_grid(np.asarray(decode(params, z))),
+            "samples": plots.make_grid(np.asarray(sample(params, key))),
         }
         if is_writer():
             plots.save_png(plots.recon_path(figures, epoch), grids["reconstructions"])

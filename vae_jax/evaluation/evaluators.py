@@ -1,7 +1,8 @@
-"""Test-set evaluations, all in nats per image: the ELBO, the IWAE bound, rate and active units.
+"""Test-set bounds, in nats per image: the ELBO and the IWAE bound, for any model of the
+interface of :mod:`vae_jax.core.latents` (its layers' log-densities, its own prior).
 
-Every bound uses the distribution actually sampled, q = N(mean, (noise_scale * stddev)^2).
-Images are uint8 ``[N, H, W, C]``, placed on the devices in padded chunks (batch sharded).
+Every bound uses the distribution actually sampled (``noise_scale`` included). Images are
+uint8 ``[N, H, W, C]``, placed on the devices in padded chunks (batch sharded).
 The test -ELBO evaluator is built once and called every epoch with new parameters, with no
 recompilation; the IWAE bound and the latent statistics are computed once per evaluation.
 """
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from vae_jax.core import objectives
-from vae_jax.core.models import VAE
+from vae_jax.core.latents import noise_per_example
 from vae_jax.core.pixels import to_float
 from vae_jax.core.sharding import batch_sharding
 from vae_jax.outputs.metrics import peak_host_memory_bytes
@@ -85,7 +87,7 @@ def make_test_evaluator(parts: Parts, images: np.ndarray, key: jax.Array) -> Tes
     return evaluate
 
 
-def _elbo_terms(model: VAE, settings: EvalSettings) -> Callable:
+def _elbo_terms(model: nn.Module, settings: EvalSettings) -> Callable:
     """``(params, images_u8, key) -> [3, B]``: -ELBO, recon, KL of each image."""
 
     def terms(params, images_u8, key):
@@ -152,12 +154,10 @@ def iwae_bound(
 
     def accumulate(params, images_u8, image_ids, offset, lse):
         sample_ids = offset + jnp.arange(samples, dtype=jnp.int32)
-        eps = jax.lax.with_sharding_constraint(
-            objectives.importance_noise(key, image_ids, sample_ids, settings.latent_dim), batch
-        )
+        noise = noise_per_example(pair_keys(key, image_ids, sample_ids))
         x = to_float(images_u8)
         log_w = objectives.log_weights(
-            model, params, x, eps, settings.log_lik, settings.noise_scale
+            model, params, x, noise, settings.log_lik, settings.noise_scale, samples
         )
         log_w = jnp.where(sample_ids < k, log_w, -jnp.inf)
         return jnp.logaddexp(lse, jax.nn.logsumexp(log_w, axis=-1))
@@ -181,6 +181,16 @@ def iwae_bound(
         xla_bytes_per_call=_xla_bytes(fn),
         peak_host_rss_bytes=peak_host_memory_bytes(),
     )
+
+
+def pair_keys(key: jax.Array, image_ids: jax.Array, sample_ids: jax.Array) -> jax.Array:
+    """``[len(image_ids) * len(sample_ids)]`` keys, image by image: sample s of image g has
+    ``fold_in(fold_in(key, g), s)``, whatever chunk either falls in."""
+
+    def one(g, s):
+        return jax.random.fold_in(jax.random.fold_in(key, g), s)
+
+    return jax.vmap(lambda g: jax.vmap(lambda s: one(g, s))(sample_ids))(image_ids).reshape(-1)
 
 
 def _stream(fn, params, chunks, ids, offsets, lse0, n: int, k: int) -> list[jax.Array]:
@@ -217,70 +227,3 @@ def _xla_bytes(compiled) -> int:
         )
     except Exception:  # not every backend reports it
         return -1
-
-
-# ---------------------------------------------------------------------------------------------
-# The latent space
-
-
-class LatentStats(NamedTuple):
-    means: np.ndarray  # [N, z] posterior means E_q[z|x]
-    stddevs: np.ndarray  # [N, z] stddevs of q actually sampled (noise_scale included)
-    rate_per_dim: np.ndarray  # [z] mean over images of KL(q_d || N(0, 1)), nats
-    mean_variance: np.ndarray  # [z] Var over images of the posterior mean
-
-    @property
-    def rate(self) -> float:
-        return float(self.rate_per_dim.sum())
-
-    @property
-    def active(self) -> np.ndarray:
-        return self.mean_variance > ACTIVE_UNIT_THRESHOLD
-
-    @property
-    def active_units(self) -> int:
-        return int(self.active.sum())
-
-
-def latent_stats(parts: Parts, params: dict, images: np.ndarray) -> LatentStats:
-    """Posterior means and stddevs of ``images``, and their statistics (float64)."""
-    n, settings, mesh, model = len(images), parts.evaluation, parts.mesh, parts.model
-    chunks = _chunks(images, chunk_size(n, settings.batch_size, mesh.devices.size), mesh)
-
-    @jax.jit
-    def encode(params, images_u8):
-        mean, logvar = model.apply({"params": params}, to_float(images_u8), method=VAE.encode)
-        return mean, objectives.sampled_logvar(logvar, settings.noise_scale)
-
-    parts = [encode(params, x) for x, _ in chunks]
-    mean = np.concatenate([np.asarray(m, np.float64) for m, _ in parts])[:n]
-    logvar = np.concatenate([np.asarray(v, np.float64) for _, v in parts])[:n]
-    var = np.exp(logvar)
-    rate = 0.5 * (np.square(mean) + var - logvar - 1.0)
-    return LatentStats(mean, np.sqrt(var), rate.mean(axis=0), mean.var(axis=0))
-
-
-def posterior_params(model: VAE) -> Callable[[dict, jax.Array], tuple[jax.Array, jax.Array]]:
-    """Jitted ``(params, x) ->`` q(z|x)'s mean and log-variance (``noise_scale`` not
-    included) of float images ``x`` in [0, 1]."""
-    return jax.jit(lambda p, x: model.apply({"params": p}, x, method=VAE.encode))
-
-
-def decoder_means(model: VAE) -> Callable[[dict, jax.Array], jax.Array]:
-    """Jitted ``(params, z) ->`` the decoder's pixel means in (0, 1), ``[B, H, W, C]``."""
-    return jax.jit(
-        lambda p, z: objectives.decoder_mean(model.apply({"params": p}, z, method=VAE.decode))
-    )
-
-
-def reconstructions(model: VAE) -> Callable[[dict, jax.Array], jax.Array]:
-    """Jitted ``(params, images_u8) ->`` the decoder's pixel means at each image's posterior
-    mean (no noise), ``[B, H, W, C]``."""
-
-    @jax.jit
-    def reconstruct(params, images_u8):
-        variables = {"params": params}
-        mean, _ = model.apply(variables, to_float(images_u8), method=VAE.encode)
-        return objectives.decoder_mean(model.apply(variables, mean, method=VAE.decode))
-
-    return reconstruct

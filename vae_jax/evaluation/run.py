@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from vae_jax.atomic_io import write_json
@@ -23,14 +22,10 @@ from vae_jax.core.pixels import to_float
 from vae_jax.core.train_step import TrainState
 from vae_jax.data.datasets import load_dataset
 from vae_jax.data.images import Dataset, check_image_shape
-from vae_jax.evaluation.evaluators import (
-    ACTIVE_UNIT_THRESHOLD,
-    decoder_means,
-    iwae_bound,
-    latent_stats,
-    make_test_evaluator,
-)
+from vae_jax.evaluation.decoding import reconstructions
+from vae_jax.evaluation.evaluators import iwae_bound, make_test_evaluator
 from vae_jax.evaluation.figures import draw_evaluation
+from vae_jax.evaluation.latent_stats import ACTIVE_UNIT_THRESHOLD, LatentStats, latent_stats
 from vae_jax.evaluation.trained_run import restore_run
 from vae_jax.outputs import plots
 from vae_jax.outputs.workdir import Workdir, is_writer
@@ -89,27 +84,25 @@ def evaluate_trained(
 def _evaluate(parts: Parts, state, meta, dataset, workdir: Workdir, step) -> dict:
     """The numbers of ``eval.json``, and the figures."""
     params, root, test_images = state.params, state.root, dataset.test_images
-    elbo = make_test_evaluator(parts, test_images, rng.stream(root, rng.Stream.EVAL))(params)
-    latent = latent_stats(parts, params, test_images)
+    key = rng.stream(root, rng.Stream.EVAL)
+    elbo = make_test_evaluator(parts, test_images, key)(params)
+    latent = latent_stats(parts, params, test_images, key)
     iwae_images = test_images[: parts.evaluation.iwae_test_size or None]
     iw = iwae_bound(parts, params, iwae_images, rng.stream(root, rng.Stream.IWAE))
-    decode_fn = decoder_means(parts.model)
-
-    def decode(z):
-        return np.asarray(decode_fn(params, jnp.asarray(z, jnp.float32)))
-
-    originals = np.asarray(to_float(test_images[: plots.FIGURE_IMAGES]))
-    recon = decode(latent.means[: plots.FIGURE_IMAGES])
+    shown = test_images[: plots.FIGURE_IMAGES]
+    originals = np.asarray(to_float(shown))
+    recon = np.asarray(reconstructions(parts.model)(params, shown))
     label = f"{workdir.path.name}: step {meta['step']} (epoch {meta['epoch']})"
     out = workdir.eval_figures(step)
-    drawn = draw_evaluation(out, parts, decode, latent, originals, recon, root, dataset, label)
+    drawn = draw_evaluation(out, parts, params, latent, originals, recon, root, dataset, label)
     result = _result(parts.config, meta, workdir.path, len(test_images), elbo, latent, iw)
     mse = float(np.mean(np.square(recon - originals)))
     return {**result, "recon_mse_per_pixel_64": mse, "figures": drawn,
             "figures_dir": str(out.relative_to(workdir.path))}  # fmt: skip
 
 
-def _result(c, meta, workdir, n_test, elbo, latent, iw) -> dict:
+def _result(c, meta, workdir, n_test, elbo, latent: LatentStats, iw) -> dict:
+    top = latent.layers[0]
     return {
         "workdir": str(workdir),
         "step": int(meta["step"]),
@@ -121,12 +114,15 @@ def _result(c, meta, workdir, n_test, elbo, latent, iw) -> dict:
         },
         "test_images": n_test,
         "noise_scale": c.model.noise_scale,
-        "bounds_note": "every bound uses q = N(mean, (noise_scale * stddev)^2), the one sampled",
+        "model": {"arch": c.model.arch, "prior": c.model.prior, "posterior": c.model.posterior},
+        "bounds_note": "every bound uses the q actually sampled (noise_scale included) and the "
+        "model's own prior; each layer's KL in closed form where it has one, else log q - log p",
         "test_neg_elbo_nats": elbo["neg_elbo"],
         "elbo_samples_per_image": c.eval.num_samples,
         "distortion_nats": elbo["recon"],
-        "rate_nats": latent.rate,
-        "rate_per_dim_nats": latent.rate_per_dim.tolist(),
+        "rate_nats": elbo["kl"],  # distortion + rate = -ELBO
+        "rate_per_layer_nats": [layer.rate for layer in latent.layers],
+        "rate_per_dim_nats": None if top.rate_per_dim is None else top.rate_per_dim.tolist(),
         "iwae_k": iw.k,
         "iwae_test_images": len(iw.bounds),
         "iwae_nll_nats": iw.nll,
@@ -137,10 +133,16 @@ def _result(c, meta, workdir, n_test, elbo, latent, iw) -> dict:
         "iwae_xla_bytes_per_call": iw.xla_bytes_per_call,
         "peak_host_rss_bytes": iw.peak_host_rss_bytes,
         "active_units": latent.active_units,
-        "latent_dim": int(latent.means.shape[1]),
+        "active_units_per_layer": [layer.active_units for layer in latent.layers],
+        "latent_dim": sum(int(np.prod(layer.shape)) for layer in latent.layers),
+        "latent_shapes": [list(layer.shape) for layer in latent.layers],
         "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-        "posterior_mean_variance_per_dim": latent.mean_variance.tolist(),
+        "posterior_mean_variance_per_dim": top.mean_variance.tolist(),
     }
+
+
+def _by_layer(values: list[float]) -> str:
+    return f" ({', '.join(f'{v:.2f}' for v in values)} by layer)" if len(values) > 1 else ""
 
 
 def format_table(r: dict, path: Path) -> str:
@@ -156,14 +158,19 @@ def format_table(r: dict, path: Path) -> str:
             f"{r['test_neg_elbo_nats']:.2f} nats",
         ),
         ("  distortion (reconstruction)", f"{r['distortion_nats']:.2f} nats"),
-        ("  rate (KL)", f"{r['rate_nats']:.2f} nats"),
+        ("  rate (KL)", f"{r['rate_nats']:.2f} nats" + _by_layer(r["rate_per_layer_nats"])),
         (
             f"IWAE NLL bound, k={r['iwae_k']} ({r['iwae_test_images']} images)",
             f"{r['iwae_nll_nats']:.2f} ± {r['iwae_nll_stderr_nats']:.2f} nats (std. error)",
         ),
         (
             f"active units (Var > {r['active_unit_threshold']:g})",
-            f"{r['active_units']} / {r['latent_dim']}",
+            f"{r['active_units']} / {r['latent_dim']}"
+            + (
+                " (" + ", ".join(map(str, r["active_units_per_layer"])) + " by layer)"
+                if len(r["active_units_per_layer"]) > 1
+                else ""
+            ),
         ),
         ("reconstruction MSE / pixel (64 images)", f"{r['recon_mse_per_pixel_64']:.5f}"),
         (

@@ -18,7 +18,7 @@ from vae_jax.core.sharding import make_mesh
 from vae_jax.core.train_step import TrainState
 from vae_jax.data.images import as_uint8, check_image_shape
 from vae_jax.errors import ConfigError
-from vae_jax.evaluation import evaluators
+from vae_jax.evaluation import decoding, evaluators
 from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
 from vae_jax.parts import Parts, build_parts, checkpoint_shapes
@@ -74,7 +74,8 @@ class TrainedRun:
 
     Images may be uint8 (0..255, or 0/1) or floats in [0, 1], shaped ``[N, H, W, C]`` or
     ``[N, H, W]``; they are processed in batches of ``eval.batch_size``. Every result is a numpy
-    array; bounds are in nats per image.
+    array; bounds are in nats per image. A model of several latent layers (a hierarchy) lists
+    them top first; ``decode`` takes the top layer's latents.
     """
 
     def __init__(self, parts: Parts, state: TrainState, meta: dict):
@@ -82,9 +83,11 @@ class TrainedRun:
         self.params = state.params
         self.step = int(meta["step"])
         self.image_shape = parts.image_shape
+        self.latent_shapes = [layer.shape for layer in parts.evaluation.layers]  # top first
         self._root = state.root
-        self._encode = evaluators.posterior_params(parts.model)
-        self._decode = evaluators.decoder_means(parts.model)
+        self._posteriors = decoding.posteriors(parts.model)
+        self._decode = decoding.decoder_means(parts.model)
+        self._reconstruct = decoding.reconstructions(parts.model)
 
     def _images(self, images) -> np.ndarray:
         images = as_uint8(images, "images")
@@ -95,26 +98,37 @@ class TrainedRun:
         size = self.config.eval.batch_size
         return [fn(self.params, array[i : i + size]) for i in range(0, len(array), size)]
 
-    def encode(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """The mean and the stddev of q(z|x) (the one sampled: ``noise_scale`` included)."""
-        parts = self._batched(self._encode, pixels.to_float(self._images(images)))
-        mean = np.concatenate([np.asarray(m) for m, _ in parts])
-        logvar = np.concatenate([np.asarray(v) for _, v in parts])
-        return mean, self.config.model.noise_scale * np.exp(0.5 * logvar)
+    def encode(self, images) -> tuple[np.ndarray, np.ndarray] | list[tuple[np.ndarray, ...]]:
+        """q(z|x): its mean and stddev (the q sampled: ``noise_scale`` included). For a
+        hierarchy, a (mean, stddev) pair per layer, top first, along the noise-free path (the
+        layers above at their means)."""
+        chunks = self._batched(self._posteriors, pixels.to_float(self._images(images)))
+        s = self.config.model.noise_scale
+        layers = [
+            (
+                np.concatenate([np.asarray(c[i].mean) for c in chunks]),
+                s * np.exp(0.5 * np.concatenate([np.asarray(c[i].logvar) for c in chunks])),
+            )
+            for i in range(len(self.latent_shapes))
+        ]
+        return layers[0] if len(layers) == 1 else layers
 
     def decode(self, z) -> np.ndarray:
-        """Pixel means of p(x|z), floats in [0, 1], ``[N, H, W, C]``."""
-        z = np.asarray(z, np.float32).reshape(-1, self.config.model.latent_dim)
+        """Pixel means of p(x | z) for top-layer latents ``z`` (floats in [0, 1], ``[N, H, W,
+        C]``); a hierarchy's lower layers at their prior means."""
+        z = np.asarray(z, np.float32).reshape(-1, *self.latent_shapes[0])
         return np.concatenate([np.asarray(x) for x in self._batched(self._decode, z)])
 
     def reconstruct(self, images) -> np.ndarray:
-        """Decodings of the posterior means (no noise)."""
-        return self.decode(self.encode(images)[0])
+        """Decodings of the noise-free posterior (every layer at its mean)."""
+        images = self._images(images)
+        return np.concatenate([np.asarray(x) for x in self._batched(self._reconstruct, images)])
 
     def sample(self, key: jax.Array | int, n: int) -> np.ndarray:
-        """``n`` images decoded from z ~ N(0, I)."""
+        """``n`` images decoded from latents drawn from the model's own prior (a learned one,
+        or a hierarchy top-down)."""
         key = jax.random.key(key) if isinstance(key, int) else key
-        return self.decode(jax.random.normal(key, (n, self.config.model.latent_dim)))
+        return np.asarray(decoding.prior_samples(self.parts.model, n)(self.params, key))
 
     def elbo(self, images, key: jax.Array | None = None) -> np.ndarray:
         """Each image's ELBO, a lower bound on log p(x) in nats (``eval.num_samples`` posterior

@@ -138,11 +138,12 @@ def save_traversals(
     base: np.ndarray,
     dims: np.ndarray,
     spread: np.ndarray,
-    rate_per_dim: np.ndarray,
+    rate_per_dim: np.ndarray | None,
     title: str,
 ) -> None:
     """One row per latent dimension in ``dims``: ``base`` with that coordinate moved from
-    -3 to +3 of ``spread`` (the dimension's stddev over the test set) around its value."""
+    -3 to +3 of ``spread`` (the dimension's stddev over the test set) around its value; each
+    row labelled with its dimension's KL where it is known."""
     offsets = np.linspace(-3.0, 3.0, TRAVERSAL_STEPS)
     z = np.repeat(base[None], len(dims) * TRAVERSAL_STEPS, axis=0)
     for r, d in enumerate(dims):
@@ -152,7 +153,8 @@ def save_traversals(
     _show_grid(ax, images, TRAVERSAL_STEPS)
     size = images.shape[1]
     ax.set_yticks(_row_centers(len(dims), size))
-    ax.set_yticklabels([f"z{d} (KL {rate_per_dim[d]:.1f})" for d in dims], fontsize=8)
+    labels = [f"z{d}" if rate_per_dim is None else f"z{d} (KL {rate_per_dim[d]:.1f})" for d in dims]
+    ax.set_yticklabels(labels, fontsize=8)
     ax.set_xticks(_row_centers(TRAVERSAL_STEPS, images.shape[2]))
     ax.set_xticklabels([f"{o:+.1f}" for o in offsets], fontsize=8)
     ax.set_xlabel("offset from the image's posterior mean, in stddevs over the test set")
@@ -205,6 +207,20 @@ def save_kl_per_dim(
     ax.set_ylabel("KL(q || p), nats per image")
     ax.set_title(f"{title}: {int(active.sum())}/{len(d)} active, {rate_per_dim.sum():.2f} nats")
     ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=110, tight=True)
+
+
+def save_layer_rates(
+    path: Path, rates: list[float], active: list[int], dims: list[int], title: str
+) -> None:
+    """Bar chart of each latent layer's KL (top first), labelled with its active units."""
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(rates) + 2), 3.2))
+    x = np.arange(len(rates))
+    ax.bar(x, rates, color="tab:blue")
+    pairs = enumerate(zip(active, dims, strict=True))
+    ax.set_xticks(x, [f"layer {i}\n{a}/{d} active" for i, (a, d) in pairs])
+    ax.set_ylabel("KL(q || p), nats per image")
+    ax.set_title(f"{title}: {sum(rates):.2f} nats in {len(rates)} layers (top first)", fontsize=10)
     save_figure(fig, path, dpi=110, tight=True)
 
 

@@ -12,6 +12,7 @@ runs").
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -37,13 +38,14 @@ from vae_jax.errors import NonFiniteError, TrainingInterrupted
 from vae_jax.evaluation.epoch_end import make_epoch_end
 from vae_jax.outputs.checkpoints import Checkpointer, Restored
 from vae_jax.outputs.metrics import MetricsWriter, cpu_cores
-from vae_jax.outputs.workdir import Workdir
+from vae_jax.outputs.workdir import Workdir, is_writer
 from vae_jax.parts import Parts, init_state
 from vae_jax.training.steps import (
     Segment,
     compile_step,
     join_runs,
     one_run,
+    parameters_without_gradient,
     run_steps,
 )
 from vae_jax.training.stopping import Pause, StopRequest
@@ -73,7 +75,10 @@ def train(
     step, saved_step = (restored.step, restored.step) if restored else (0, None)
     images = jax.device_put(data.train_images, replicated(shared.mesh))
     zeros = jax.device_put(join_runs([zero_sums()] * models), replicated(shared.mesh))
-    compiled = compile_step(shared, state, sums, images, [p.evaluation.noise_scale for p in parts])
+    scales = [p.evaluation.noise_scale for p in parts]
+    if not restored:  # a fresh start: say which parameters no step would change
+        _report_unused(shared, one_run(state, 0, models), images, scales[0])
+    compiled = compile_step(shared, state, sums, images, scales)
     epoch_ends = [
         make_epoch_end(
             p, m.name, m.workdir.figures, data.test_images, one_run(state, i, models).root
@@ -143,6 +148,18 @@ def _start(parts: Parts, members: list[Member]) -> tuple[TrainState, EpochSums, 
             sums.append(m.restored.state["epoch_sums"])
             histories.append(m.restored.meta["history"])
     return join_runs(states), join_runs(sums), histories
+
+
+def _report_unused(parts: Parts, state: TrainState, images: jax.Array, noise_scale: float) -> None:
+    unused = parameters_without_gradient(parts, state, images, noise_scale)
+    if unused and is_writer():
+        listed = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
+        print(
+            f"warning: {len(unused)} parameter(s) got no gradient in the first step: the loss "
+            f"does not reach them, so training will leave them as initialized: {listed}. Does "
+            "the objective use that part of the model (a prior or a flow it never calls?)",
+            file=sys.stderr,
+        )
 
 
 def _print_start(parts: Parts, members: list[Member], data: Dataset, step: int) -> None:

@@ -24,6 +24,7 @@ from vae_jax.core.train_step import (
     EpochSums,
     TrainState,
     epoch_permutation,
+    make_gradient,
     make_train_step,
 )
 from vae_jax.outputs.workdir import is_writer
@@ -62,6 +63,41 @@ def one_run(tree: Any, i: int, models: int) -> Any:
     return tree if models == 1 else jax.tree.map(lambda x: x[i], tree)
 
 
+def _batching(parts: Parts) -> dict:
+    """How the step takes its batch (see :func:`vae_jax.core.train_step.make_train_step`)."""
+    return {
+        "batch_size": parts.config.train.batch_size,
+        "steps_per_epoch": parts.steps_per_epoch,
+        "dynamic_binarize": parts.config.data.binarize == "dynamic",
+        "batch_sharding": batch_sharding(parts.mesh),
+    }
+
+
+def parameters_without_gradient(
+    parts: Parts, state: TrainState, images: jax.Array, noise_scale: float
+) -> list[str]:
+    """The names of the parameters (``encoder/mean/kernel``, ...) the loss does not reach:
+    their gradient on the first step's batch is zero everywhere, also with every parameter
+    moved a little off its initial value (so that a block initialized to the identity, whose
+    inner weights get no gradient at exactly zero, is not taken for unused)."""
+    gradient = make_gradient(parts.loss_fn, **_batching(parts))
+
+    def grads(state, images):
+        leaves, tree = jax.tree.flatten(state.params)
+        keys = jax.random.split(jax.random.key(0), len(leaves))
+        moved = [
+            x + 1e-3 * jax.random.normal(k, x.shape, x.dtype)
+            for x, k in zip(leaves, keys, strict=True)
+        ]
+        state = state._replace(params=jax.tree.unflatten(tree, moved))
+        perm = epoch_permutation(state.root, jnp.int32(0), len(images))
+        return gradient(state, images, perm, noise_scale)[1]
+
+    flat = jax.tree_util.tree_leaves_with_path(jax.device_get(jax.jit(grads)(state, images)))
+    return ["/".join(str(getattr(k, "key", k)) for k in path)
+            for path, g in flat if not np.any(g)]  # fmt: skip
+
+
 def compile_step(
     parts: Parts, state: TrainState, sums: EpochSums, images: jax.Array, noise_scales: list[float]
 ) -> CompiledStep:
@@ -69,14 +105,7 @@ def compile_step(
     scales when several), compiled ahead of time for these arrays' shapes and shardings: a call
     with others fails loudly instead of silently recompiling."""
     models, repl, n = len(noise_scales), replicated(parts.mesh), len(images)
-    train_step = make_train_step(
-        parts.tx,
-        parts.loss_fn,
-        batch_size=parts.config.train.batch_size,
-        steps_per_epoch=parts.steps_per_epoch,
-        dynamic_binarize=parts.config.data.binarize == "dynamic",
-        batch_sharding=batch_sharding(parts.mesh),
-    )
+    train_step = make_train_step(parts.tx, parts.loss_fn, **_batching(parts))
 
     def permute(key_data, epoch):
         return epoch_permutation(jax.random.wrap_key_data(key_data), epoch, n)
