@@ -95,6 +95,14 @@ def build_parts(
     return Parts(config, tuple(image_shape), model, tx, loss_fn, steps_per_epoch, evaluation, mesh)
 
 
+def full_weight_loss(parts: Parts) -> objectives.Loss:
+    """The run's training loss with every KL at its full weight from the first step (no
+    warm-up, no free bits): what the check of the parameters the loss reaches differentiates,
+    so that a KL weighted 0 at the start does not hide a learned prior."""
+    settings = values(parts.config, objectives.SETTINGS)
+    return objectives.make_loss(parts.model, **{**settings, "kl_warmup_steps": 0, "free_bits": 0.0})
+
+
 def latent_layers(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[LatentLayer, ...]:
     """The model's stochastic layers, read off a pass traced at shapes only (no compute)."""
 
@@ -124,14 +132,26 @@ def check_combination(
             "that hangs on a later draw). Use objective.kl=auto (closed form where it exists) "
             "or objective.kl=sample"
         )
+    weighted = {"beta": o.beta != 1.0, "kl_warmup_steps": o.kl_warmup_steps,
+                "free_bits": o.free_bits}  # fmt: skip
+    if o.name == "iwae" and any(weighted.values()):
+        keys = ", ".join(f"objective.{k}" for k, v in weighted.items() if v)
+        raise ConfigError(
+            f"objective.name='iwae' trains the k-sample bound, which has no KL term to weigh: "
+            f"{keys} apply to objective.name=elbo only. Leave them at their defaults (beta 1, "
+            "kl_warmup_steps 0, free_bits 0) or use objective.name=elbo"
+        )
     flow = getattr(model, "flow", None)
     no_density = flow is not None and not getattr(flow, "density_at_z", True)
-    if o.name == "iwae" and o.dreg and (getattr(model, "q_params", None) is None or no_density):
-        reason = (
-            f"model.posterior={m.posterior!r} gives no density at a given z"
-            if no_density
-            else f"model.arch={m.arch!r} shares q's parameters with p's"
-        )
+    prior_runs_q = getattr(getattr(model, "prior", None), "uses_encoder", False)
+    shared = getattr(model, "q_params", None) is None or prior_runs_q
+    if o.name == "iwae" and o.dreg and (shared or no_density):
+        if no_density:
+            reason = f"model.posterior={m.posterior!r} gives no density at a given z"
+        elif prior_runs_q:
+            reason = f"model.prior={m.prior!r} runs the encoder, so q's parameters are p's too"
+        else:
+            reason = f"model.arch={m.arch!r} shares q's parameters with p's"
         raise ConfigError(
             f"objective.dreg=true needs log q(z|x) at given latents with q's parameters apart: "
             f"{reason}. Use objective.dreg=false (the IWAE gradient), or model.posterior="

@@ -216,6 +216,8 @@ def test_every_model_has_the_interface(name):
         assert layer.log_q.shape == layer.log_p.shape == (2,)
     posterior = model.apply({"params": params}, x, method="posterior")
     assert [q.mean.shape for q in posterior] == [layer.z.shape for layer in p.layers]
+    for q, layer in zip(posterior, p.layers, strict=True):  # the noise-free z (after a flow)
+        np.testing.assert_allclose(q.mean, layer.z, rtol=1e-5, atol=1e-6)
     latents, logits = model.apply({"params": params}, jax.random.key(0), 3, method="sample_prior")
     assert logits.shape == (3, *SHAPE) and latents[0].shape[1:] == p.layers[0].z.shape[1:]
     top = model.apply({"params": params}, latents[0], method="decode_top")
@@ -235,7 +237,12 @@ def test_every_model_has_the_interface(name):
             {"model.arch": "ladder", "objective.name": "iwae", "objective.dreg": True},
             "shares q's parameters with p's",
         ),
+        (
+            {"model.prior": "vamp", "objective.name": "iwae", "objective.dreg": True},
+            "model.prior='vamp' runs the encoder",
+        ),
         ({"model.arch": "ladder", "model.prior": "vamp"}, "has a hierarchy of its own"),
+        ({"objective.name": "iwae", "objective.kl_warmup_steps": 10}, "kl_warmup_steps apply"),
     ],
 )
 def test_bad_combinations_are_refused_before_training(values, message):
@@ -246,12 +253,14 @@ def test_bad_combinations_are_refused_before_training(values, message):
 
 @pytest.mark.parametrize("name", ["mog", "ladder"])
 def test_a_learned_prior_under_kl_warmup_is_not_reported_unused(name):
-    """The first step's KL weight is 0 under warm-up; the check of which parameters the loss
-    reaches looks past it, so a learned prior (the ladder's top-down priors) is not named."""
+    """The first step's KL weight is 0 under warm-up, and free bits pass no gradient below
+    their floor; the check of which parameters the loss reaches looks past both, so a learned
+    prior (the ladder's top-down priors) is not named."""
     from vae_jax.parts import init_state
     from vae_jax.training.steps import parameters_without_gradient
 
-    values = {**MODELS[name], "objective.kl_warmup_steps": 100, "train.batch_size": 4}
+    values = {**MODELS[name], "objective.kl_warmup_steps": 100, "objective.free_bits": 5.0,
+              "train.batch_size": 4}  # fmt: skip
     parts = build_parts(with_values(base_config(), values, "test"), SHAPE, make_mesh(), 8)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, *SHAPE)), jnp.uint8)
     assert parameters_without_gradient(parts, init_state(parts, 0), images, 1.0) == []

@@ -57,7 +57,10 @@ def make_epoch_end(
 def figure_title(name: str, config: ml_collections.ConfigDict) -> str:
     m = config.model
     parts = [name] if name else []
-    parts.append(f"{m.arch} VAE, z={m.latent_dim}, noise_scale={m.noise_scale:g}, {m.likelihood}")
+    latent = {"ladder": "latent channels", "two_layer": "z2"}.get(m.arch, "z")
+    parts.append(
+        f"{m.arch} VAE, {latent}={m.latent_dim}, noise_scale={m.noise_scale:g}, {m.likelihood}"
+    )
     if config.data.binarize != "none":
         parts.append(f"{config.data.binarize} binarization")
     return " | ".join(parts)

@@ -62,7 +62,8 @@ def make_test_evaluator(parts: Parts, images: np.ndarray, key: jax.Array) -> Tes
     ``images``; ``evaluate(params, per_image=True)``: each image's terms, ``[3, N]`` float64.
 
     The reconstruction term is averaged over ``eval.num_samples`` posterior samples per image;
-    the KL is analytic. Chunk i draws its samples from ``fold_in(key, i)`` (a run's ``key`` is
+    each layer's KL is its closed form where one holds, else log q - log p averaged over the
+    same samples. Chunk i draws its samples from ``fold_in(key, i)`` (a run's ``key`` is
     its EVAL stream), so every epoch sees the same noise and test numbers are comparable across
     epochs. Built once (the images placed on the devices), called every epoch with new
     parameters, with no recompilation.

@@ -29,7 +29,7 @@ from vae_jax.core.train_step import (
 )
 from vae_jax.outputs.workdir import is_writer
 from vae_jax.parallel import compile_fast
-from vae_jax.parts import Parts
+from vae_jax.parts import Parts, full_weight_loss
 
 
 class CompiledStep(NamedTuple):
@@ -79,9 +79,9 @@ def parameters_without_gradient(
     """The names of the parameters (``encoder/mean/kernel``, ...) the loss does not reach:
     their gradient on the first step's batch is zero everywhere, also with every parameter
     moved a little off its initial value (so that a block initialized to the identity, whose
-    inner weights get no gradient at exactly zero, is not taken for unused), at a step past
-    every warm-up (a KL weight that starts at 0 would hide a learned prior)."""
-    gradient = make_gradient(parts.loss_fn, **_batching(parts))
+    inner weights get no gradient at exactly zero, is not taken for unused), of the loss with
+    every KL at full weight (:func:`~vae_jax.parts.full_weight_loss`)."""
+    gradient = make_gradient(full_weight_loss(parts), **_batching(parts))
 
     def grads(state, images):
         leaves, tree = jax.tree.flatten(state.params)
@@ -90,8 +90,7 @@ def parameters_without_gradient(
             x + 1e-3 * jax.random.normal(k, x.shape, x.dtype)
             for x, k in zip(leaves, keys, strict=True)
         ]
-        past_warmup = jnp.asarray(2**30, state.step.dtype)
-        state = state._replace(params=jax.tree.unflatten(tree, moved), step=past_warmup)
+        state = state._replace(params=jax.tree.unflatten(tree, moved))
         perm = epoch_permutation(state.root, jnp.int32(0), len(images))
         return gradient(state, images, perm, noise_scale)[1]
 

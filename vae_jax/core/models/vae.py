@@ -88,7 +88,12 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def posterior(self, x: jax.Array) -> tuple[Gaussian]:
-        return (Gaussian(*self.encoder(x)),)
+        """q(z|x); after a flow, the mean is the flow of the Gaussian's mean (the noise-free z
+        the decoder sees) and the log-variance the Gaussian's before the flow."""
+        mean, logvar = self.encoder(x)
+        if self.flow is not None:
+            mean, _ = self.flow(mean, jnp.concatenate([mean, logvar], axis=-1))
+        return (Gaussian(mean, logvar),)
 
     # The seed's names, kept for models and notebooks of one latent.
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
