@@ -141,8 +141,7 @@ def check_combination(
             f"{keys} apply to objective.name=elbo only. Leave them at their defaults (beta 1, "
             "kl_warmup_steps 0, free_bits 0) or use objective.name=elbo"
         )
-    flow = getattr(model, "flow", None)
-    no_density = flow is not None and not getattr(flow, "density_at_z", True)
+    no_density = getattr(model, "flow", None) is not None  # log q only at its own samples
     prior_runs_q = getattr(getattr(model, "prior", None), "uses_encoder", False)
     shared = getattr(model, "q_params", None) is None or prior_runs_q
     if o.name == "iwae" and o.dreg and (shared or no_density):

@@ -63,7 +63,6 @@ class IAFStep(nn.Module):
 class IAF(nn.Module):
     steps: int
     hidden: int
-    density_at_z = False  # log q of a given z would need the inverse
 
     @nn.compact
     def __call__(self, z: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array]:

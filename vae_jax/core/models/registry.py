@@ -12,8 +12,8 @@ touching this package (README, "Your own model", "Your own prior / posterior / h
   ``log_prob(z, encoder)``, ``sample(key, n, dim, encoder)`` and ``gaussian`` (the prior as a
   Gaussian where KL(q || p) has a closed form, else None);
 - ``@posterior(name, keys)``: ``build(latent_dim, **keys) -> module or None``, a flow
-  ``(z, context) -> (z, log_det)`` after the Gaussian (None: q stays the Gaussian), with
-  ``density_at_z`` (whether log q can be evaluated at a given z, which DReG needs).
+  ``(z, context) -> (z, log_det)`` after the Gaussian (None: q stays the Gaussian); log q is
+  known only at the flow's own samples, so DReG (log q at given latents) is refused with one.
 """
 
 from __future__ import annotations
