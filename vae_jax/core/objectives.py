@@ -167,10 +167,7 @@ def layer_kl(layer: Layer, kl: str, noise_scale: float | jax.Array | None) -> ja
     """``[N]``: the layer's KL, in closed form where it holds (see :func:`kl_per_dim` for
     ``noise_scale``), else the sample's log q - log p."""
     if closed_form(layer, kl):
-        q = layer.q
-        if noise_scale is not None:
-            q = q._replace(logvar=sampled_logvar(q.logvar, noise_scale))
-        return 0.5 * sum_per_image(twice_kl_per_dim(q, layer.p))
+        return sum_per_image(kl_per_dim(layer, noise_scale))
     return layer.log_q - layer.log_p
 
 
