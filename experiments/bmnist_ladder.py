@@ -18,6 +18,10 @@ distortion 52.43; active units 39/392, 280/392, 1,107/1,568, 1,023/1,568). IWAE 
 on the first 2,000 test images: 83.33 +- 0.44 nats (19 min at ~1,760 samples/s), against
 bmnist_resnet's 84.73 +- 0.46 (k=5000) after the same hour; the k=5000 bound on these images
 was not measured (~95 min here). Burda et al.'s two-layer IWAE k=50: 82.90.
+
+Measured before conv_impl=auto computed the grayscale first and last strided convs as one
+matrix product each (2026-12-02): the same math, rounded differently, so a run today
+follows another float trajectory; the figures above are not re-measured.
 """
 
 from vae_jax.config import base_config

@@ -17,6 +17,10 @@ epoch 1, 97.28 after 10, 92.26 after 28, 89.14 after 65 (rate 29.06 + distortion
 active units). IWAE k=5000 NLL bound on the first 2,000 test images: 84.73 +- 0.46 nats (Burda
 et al.'s VAE: 86.76, their IWAE k=50: 84.78; the 84.0 target is not reached). The NLL against
 CPU time: README, "Results".
+
+Measured before conv_impl=auto computed the grayscale first and last strided convs as one
+matrix product each (2026-12-02): the same math, rounded differently, so a run today
+follows another float trajectory; the figures above are not re-measured.
 """
 
 from vae_jax.config import base_config

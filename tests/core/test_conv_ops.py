@@ -22,10 +22,13 @@ CASES = [
     (nn.ConvTranspose, 1, (3, 7, 7, 32), 5, 16),
     (nn.ConvTranspose, 1, (3, 14, 14, 16), 5, 1),
     (nn.ConvTranspose, 1, (2, 4, 5, 3), 3, 2),
+    (nn.ConvTranspose, 1, (2, 3, 6, 2), 5, 1),
 ]
+ODD_SIDES = [(nn.Conv, 0, (2, 9, 7, 2), 5, 3), (nn.Conv, 0, (1, 5, 8, 1), 3, 2)]
 FAST = {
     "space_to_depth": (conv_ops.conv_space_to_depth, conv_ops.conv_transpose_space_to_depth),
     "fast": (conv_ops.conv_fast, conv_ops.conv_transpose_fast),
+    "im2col": (conv_ops.conv_im2col, conv_ops.conv_transpose_col2im),
 }
 
 
@@ -44,8 +47,11 @@ def _check(fn, reference, x, kernel):
         assert _relmax(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize(("flax_layer", "which", "shape", "k", "features"), CASES)
+@pytest.mark.parametrize(
+    ("impl", "flax_layer", "which", "shape", "k", "features"),
+    [(impl, *case) for impl in FAST for case in CASES]
+    + [("im2col", *case) for case in ODD_SIDES],  # only im2col takes odd sides
+)
 def test_equals_flax_layer(impl, flax_layer, which, shape, k, features):
     """Stride-2 SAME conv (which=0) and transposed conv (which=1) vs. the flax layer."""
     x = jax.random.normal(jax.random.key(0), shape)
@@ -71,7 +77,7 @@ def test_conv_vae_same_loss_and_gradients_under_every_impl():
     x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
     key = jax.random.key(1)
     results = {}
-    for impl in ("native", "space_to_depth"):
+    for impl in ("native", "space_to_depth", "im2col", "auto"):
         config = base_config().model
         config.conv_impl = impl
         model = make_model((28, 28, 1), **config)
@@ -83,20 +89,24 @@ def test_conv_vae_same_loss_and_gradients_under_every_impl():
             return jnp.mean(terms.recon + terms.kl_objective)
 
         results[impl] = (params, *jax.value_and_grad(loss)(params))
-    (p_native, l_native, g_native), (p_fast, l_fast, g_fast) = results.values()
-    assert jax.tree.structure(p_native) == jax.tree.structure(p_fast)
-    jax.tree.map(np.testing.assert_array_equal, p_native, p_fast)
-    np.testing.assert_allclose(l_fast, l_native, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_native), strict=True):
-        assert _relmax(a, b) < 1e-5
+    p_native, l_native, g_native = results.pop("native")
+    for p_fast, l_fast, g_fast in results.values():
+        assert jax.tree.structure(p_native) == jax.tree.structure(p_fast)
+        jax.tree.map(np.testing.assert_array_equal, p_native, p_fast)
+        np.testing.assert_allclose(l_fast, l_native, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_native), strict=True):
+            assert _relmax(a, b) < 1e-5
 
 
 def test_resolve():
-    assert conv_ops.resolve("auto", "cpu") == "space_to_depth"
-    assert conv_ops.resolve("auto", "gpu") == conv_ops.resolve("auto", "tpu") == "native"
-    assert conv_ops.resolve("native", "cpu") == "native"
-    with pytest.raises(ValueError, match="auto, native, space_to_depth"):
-        conv_ops.resolve("fft")
+    """auto: per layer on the CPU (a grayscale image side takes im2col), native elsewhere."""
+    assert conv_ops.resolve("auto", 1, "cpu") == "im2col"
+    assert conv_ops.resolve("auto", 3, "cpu") == conv_ops.resolve("auto", 16, "cpu")
+    assert conv_ops.resolve("auto", 16, "cpu") == "space_to_depth"
+    assert conv_ops.resolve("auto", 1, "gpu") == conv_ops.resolve("auto", 16, "tpu") == "native"
+    assert conv_ops.resolve("native", 1, "cpu") == "native"
+    with pytest.raises(ValueError, match="auto, native, space_to_depth, im2col"):
+        conv_ops.resolve("fft", 1)
 
 
 def test_compile_fast_gives_the_same_numbers():

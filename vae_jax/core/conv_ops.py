@@ -13,13 +13,19 @@ conv is a strided conv, which Eigen handles natively; custom VJPs route them so.
 :func:`conv_space_to_depth` (a strided conv over 2x2 blocks) is the same idea for the forward
 conv, kept for tests and measurements: on XLA:CPU the native strided conv was as fast.
 
-All take images ``[B, H, W, C]`` (H, W even for the space-to-depth forms) and kernels
-``[k, k, C, O]`` laid out as ``nn.Conv`` / ``nn.ConvTranspose`` (``transpose_kernel=False``)
-store them.
+``im2col``: one matrix product over the image's k x k patches (a strided conv: the patches of
+its input; a transposed conv: the product first, then its k x k columns added into the output,
+col2im), differentiated by JAX. Its intermediate holds k*k values per image-side channel, so it
+pays only where that side is thin: a grayscale image (measured in docs/cpu_speed.md).
+
+:func:`resolve` picks one per layer. All take images ``[B, H, W, C]`` (H, W even for the
+space-to-depth forms) and kernels ``[k, k, C, O]`` laid out as ``nn.Conv`` /
+``nn.ConvTranspose`` (``transpose_kernel=False``) store them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -28,7 +34,10 @@ import numpy as np
 from jax import lax
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-IMPLS = ("auto", "native", "space_to_depth")
+IMPLS = ("auto", "native", "space_to_depth", "im2col")
+# auto on CPU: im2col for a layer whose image side (a conv's input, a transposed conv's output)
+# has at most this many channels, space_to_depth otherwise.
+IM2COL_MAX_CHANNELS = 1
 
 
 def conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -179,18 +188,138 @@ conv_transpose_fast = _with_gradients(
 )
 
 
-def resolve(impl: str, platform: str | None = None) -> str:
-    """``auto`` -> ``space_to_depth`` on CPU, ``native`` elsewhere."""
+def _same_padding(size: int, k: int) -> int:
+    """The low padding of a stride-2 SAME conv over ``size`` pixels."""
+    return max((-(-size // 2) - 1) * 2 + k - size, 0) // 2
+
+
+Pair = tuple[int, int]  # (height, width) or (low padding along height, along width)
+
+
+def _windows(x: jax.Array, k: int, lo: Pair, out_hw: Pair) -> jax.Array:
+    """``[B, oh, ow, k, k, C]``: ``x[2i + u - lo[0], 2j + v - lo[1]]`` at window ``(i, j)``,
+    tap ``(u, v)`` (zero outside the image): the k x k windows of a stride-2 conv."""
+    (b, h, w, c), (oh, ow) = x.shape, out_hw
+    hi_h, hi_w = max(2 * oh + k - 2 - lo[0] - h, 0), max(2 * ow + k - 2 - lo[1] - w, 0)
+    x = jnp.pad(x, ((0, 0), (lo[0], hi_h), (lo[1], hi_w), (0, 0)))
+    taps = [x[:, u : u + 2 * oh - 1 : 2, v : v + 2 * ow - 1 : 2] for u, v in np.ndindex(k, k)]
+    return jnp.stack(taps, 3).reshape(b, oh, ow, k, k, c)
+
+
+def _add_windows(cols: jax.Array, lo: Pair, out_hw: Pair) -> jax.Array:
+    """The transpose of :func:`_windows`: each window's tap ``(u, v)`` added into the image at
+    ``(2i + u - lo[0], 2j + v - lo[1])`` (col2im).
+
+    Tap ``u`` lands on output phase ``(u - lo) % 2``, shifted by ``(u - lo) // 2`` windows: each
+    of the four phases is a sum of shifted (padded or cropped) tap images, and the phases
+    interleave into the output (depth to space)."""
+    b, oh, ow, k, _, c = cols.shape
+    half = (-(-out_hw[0] // 2), -(-out_hw[1] // 2))
+    phases = [[jnp.zeros((b, *half, c), cols.dtype) for _ in range(2)] for _ in range(2)]
+    for u in range(k):
+        for v in range(k):
+            (su, pu), (sv, pv) = divmod(u - lo[0], 2), divmod(v - lo[1], 2)
+            config = [(0, 0, 0), (su, half[0] - oh - su, 0), (sv, half[1] - ow - sv, 0), (0, 0, 0)]
+            tap = lax.pad(cols[:, :, :, u, v], jnp.zeros((), cols.dtype), config)
+            phases[pu][pv] = phases[pu][pv] + tap
+    rows = [jnp.stack(row, 3) for row in phases]  # [B, H/2, W/2, 2 (pv), C]
+    out = jnp.stack(rows, 2).reshape(b, 2 * half[0], 2 * half[1], c)  # [B, H/2, 2, W/2, 2, C]
+    return out[:, : out_hw[0], : out_hw[1]]
+
+
+def _matmul(a: jax.Array, b: jax.Array, contract_a: int, contract_b: int) -> jax.Array:
+    """``a`` times ``b`` over ``a``'s last ``contract_a`` axes and ``b``'s first
+    ``contract_b`` (flattened)."""
+    lead, rest = a.shape[: a.ndim - contract_a], b.shape[contract_b:]
+    flat = jnp.dot(a.reshape(-1, math.prod(a.shape[len(lead) :])), b.reshape(-1, math.prod(rest)))
+    return flat.reshape(*lead, *rest)
+
+
+def _outer(a: jax.Array, g: jax.Array) -> jax.Array:
+    """``sum over b, i, j of a[b, i, j, ...] g[b, i, j, ...]``: a kernel's gradient."""
+    flat = jnp.dot(a.reshape(-1, math.prod(a.shape[3:])).T, g.reshape(-1, math.prod(g.shape[3:])))
+    return flat.reshape(*a.shape[3:], *g.shape[3:])
+
+
+@jax.custom_vjp
+def conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_native` as one matrix product of the input's k x k windows with the kernel;
+    both gradients are such products too (a window gather or col2im and one product each)."""
+    return conv_im2col_fwd(x, kernel)[0]
+
+
+def conv_im2col_fwd(x, kernel):
+    k, (_, h, w, _) = kernel.shape[0], x.shape
+    lo = (_same_padding(h, k), _same_padding(w, k))
+    windows = _windows(x, k, lo, (-(-h // 2), -(-w // 2)))
+    return _matmul(windows, kernel, 3, 3), (windows, kernel, (h, w))
+
+
+def conv_im2col_bwd(res, g):
+    windows, kernel, (h, w) = res
+    k = kernel.shape[0]
+    cols = _matmul(g, kernel.transpose(3, 0, 1, 2), 1, 1)  # [B, oh, ow, k, k, C]
+    lo = (_same_padding(h, k), _same_padding(w, k))
+    return _add_windows(cols, lo, (h, w)), _outer(windows, g)
+
+
+conv_im2col.defvjp(conv_im2col_fwd, conv_im2col_bwd)
+
+
+@jax.custom_vjp
+def conv_transpose_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """:func:`conv_transpose_native` as one matrix product giving each input pixel's k x k
+    output columns, added into the 2x larger image (col2im); its gradients are a window gather
+    of the output gradient and one product each.
+
+    ``lax.conv_transpose`` sends input pixel ``i`` through tap ``t`` to output
+    ``2i + pad - t`` (``pad`` as in :func:`_transpose_taps`); with the kernel flipped,
+    ``s = k - 1 - t``, that is output ``2i + s - lo``, ``lo = k - 1 - pad``: the windows of
+    :func:`_windows`."""
+    return conv_transpose_col2im_fwd(x, kernel)[0]
+
+
+def _transpose_lo(k: int) -> Pair:
+    lo = k - 1 - (k - 1 if k < 3 else -(-k // 2))
+    return lo, lo
+
+
+def conv_transpose_col2im_fwd(x, kernel):
+    flipped = jnp.flip(kernel, (0, 1)).transpose(2, 0, 1, 3)  # [C, k, k, O]
+    cols = _matmul(x, flipped, 1, 1)  # [B, h, w, k, k, O]
+    out_hw = (2 * x.shape[1], 2 * x.shape[2])
+    return _add_windows(cols, _transpose_lo(kernel.shape[0]), out_hw), (x, flipped)
+
+
+def conv_transpose_col2im_bwd(res, g):
+    x, flipped = res
+    k = flipped.shape[1]
+    windows = _windows(g, k, _transpose_lo(k), x.shape[1:3])  # [B, h, w, k, k, O]
+    dx = _matmul(windows, flipped.transpose(1, 2, 3, 0), 3, 3)
+    d_flipped = _outer(x, windows)  # [C, k, k, O]
+    return dx, jnp.flip(d_flipped.transpose(1, 2, 0, 3), (0, 1))
+
+
+conv_transpose_col2im.defvjp(conv_transpose_col2im_fwd, conv_transpose_col2im_bwd)
+
+
+def resolve(impl: str, image_channels: int, platform: str | None = None) -> str:
+    """The implementation a stride-2 layer uses: ``impl`` itself, or for ``auto`` ``native``
+    off the CPU and, on the CPU, ``im2col`` when the layer's image side has at most
+    :data:`IM2COL_MAX_CHANNELS` channels, ``space_to_depth`` otherwise."""
     if impl not in IMPLS:
         raise ValueError(f"conv implementation {impl!r}: use one of {', '.join(IMPLS)}")
     if impl != "auto":
         return impl
-    platform = platform or jax.default_backend()
-    return "space_to_depth" if platform == "cpu" else "native"
+    if (platform or jax.default_backend()) != "cpu":
+        return "native"
+    return "im2col" if image_channels <= IM2COL_MAX_CHANNELS else "space_to_depth"
 
 
 def conv_fns(impl: str) -> tuple[Callable, Callable]:
     """``(conv, conv_transpose)`` of a resolved implementation name."""
-    if impl == "native":
-        return conv_native, conv_transpose_native
-    return conv_fast, conv_transpose_fast
+    return {
+        "native": (conv_native, conv_transpose_native),
+        "space_to_depth": (conv_fast, conv_transpose_fast),
+        "im2col": (conv_im2col, conv_transpose_col2im),
+    }[impl]

@@ -23,7 +23,8 @@ SEED_DENSE_INIT = nn.initializers.normal(0.02)
 class Stride2Conv(nn.Module):
     """A 5x5 stride-2 SAME conv (``transpose=False``, with bias) or transposed conv (no bias),
     with the parameters of ``nn.Conv`` / ``nn.ConvTranspose`` and the math of
-    :mod:`vae_jax.core.conv_ops` implementation ``impl`` (``native`` or ``space_to_depth``)."""
+    :mod:`vae_jax.core.conv_ops` implementation ``impl`` (``auto``: chosen for this layer by
+    :func:`vae_jax.core.conv_ops.resolve`)."""
 
     features: int
     transpose: bool = False
@@ -34,7 +35,8 @@ class Stride2Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", SEED_CONV_INIT, (k, k, x.shape[-1], self.features))
-        conv, conv_transpose = conv_ops.conv_fns(self.impl)
+        image_channels = self.features if self.transpose else x.shape[-1]
+        conv, conv_transpose = conv_ops.conv_fns(conv_ops.resolve(self.impl, image_channels))
         if self.transpose:
             return conv_transpose(x, kernel)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
@@ -84,8 +86,8 @@ class ConvDecoder(nn.Module):
 CONV_IMPL = Setting(
     "auto",
     one_of(*conv_ops.IMPLS),
-    "conv, resnet: how the strided convs are computed, same math: auto = space_to_depth on "
-    "CPU, native elsewhere",
+    "conv, resnet, ladder: how the strided convs are computed, same math: auto = native off "
+    "the CPU; on the CPU im2col for a grayscale image side, space_to_depth for the others",
     resumable=True,
 )
 
@@ -99,5 +101,4 @@ def conv_vae(image_shape: tuple[int, ...], latent_dim: int, conv_impl: str) -> V
             f"model.arch='conv' needs images whose height and width divide by 4; images are "
             f"{image_shape}. Use model.arch='mlp', or pad or crop the images."
         )
-    impl = conv_ops.resolve(conv_impl)
-    return VAE(ConvEncoder(latent_dim, impl), ConvDecoder(image_shape, impl))
+    return VAE(ConvEncoder(latent_dim, conv_impl), ConvDecoder(image_shape, conv_impl))

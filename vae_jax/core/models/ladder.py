@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax.core import conv_ops
 from vae_jax.core.latents import (
     Gaussian,
     Layer,
@@ -187,4 +186,4 @@ def ladder_vae(
             f"widths {tuple(ladder_widths)}, groups {tuple(ladder_groups)}"
         )
     return LadderVAE(image_shape, tuple(ladder_widths), tuple(ladder_groups), latent_dim,
-                     ladder_blocks, conv_ops.resolve(conv_impl))  # fmt: skip
+                     ladder_blocks, conv_impl)  # fmt: skip

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from vae_jax.core import conv_ops
 from vae_jax.core.models.conv import CONV_IMPL, Stride2Conv
 from vae_jax.core.models.registry import architecture
 from vae_jax.core.models.vae import VAE
@@ -91,8 +90,7 @@ def resnet_vae(
             f"model.arch='resnet' needs images whose sides divide by 4 and two "
             f"model.resnet_widths; images are {image_shape}, widths {tuple(resnet_widths)}"
         )
-    impl = conv_ops.resolve(conv_impl)
     return VAE(
-        ResNetEncoder(latent_dim, tuple(resnet_widths), resnet_blocks, impl),
-        ResNetDecoder(image_shape, tuple(resnet_widths), resnet_blocks, impl),
+        ResNetEncoder(latent_dim, tuple(resnet_widths), resnet_blocks, conv_impl),
+        ResNetDecoder(image_shape, tuple(resnet_widths), resnet_blocks, conv_impl),
     )
