@@ -8,10 +8,13 @@ ARGS ?=
 DATASET ?= mnist
 BENCH_JSON ?= runs/bench.json
 BENCH_ARGS ?=
+PEER_VENV ?= .venv-torch
+PEER_PYTHON ?= $(wildcard $(PEER_VENV)/bin/python)
+TORCH ?= torch
 SWEEP ?= latent_noise
 TFDS_DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: help install train eval sweep experiments keys bench bench-sweep test test-slow lint format data clean
+.PHONY: help install train eval sweep experiments keys bench bench-sweep peer-env test test-slow lint format data clean
 
 help:
 	@echo "make install                 create $(VENV) and install vae_jax (editable, dev extras)"
@@ -22,7 +25,9 @@ help:
 	@echo "                             train a sweep's points (resumable); summary and plots"
 	@echo "make experiments             list the experiments and sweeps"
 	@echo "make bench [BENCH_JSON=runs/bench.json] [BENCH_ARGS='--batch 100 --reps 5']"
-	@echo "                             training images/s, compile time, memory, GFLOP/s"
+	@echo "                             training images/s, compile time, memory, GFLOP/s;"
+	@echo "                             with $(PEER_VENV) (make peer-env), PyTorch beside it and the ratio"
+	@echo "make peer-env [TORCH=torch==2.13.0]   a venv with PyTorch for make bench's peer"
 	@echo "make bench-sweep             the same for 1, 2, 3, 5 models trained together (vmap)"
 	@echo "make test                    the test suite (CPU, a few minutes)"
 	@echo "make test-slow               end to end: the seed figure, multi-process runs, the README (~10 min)"
@@ -54,11 +59,17 @@ keys: | $(PY)
 	@$(PY) -m vae_jax list --keys
 
 bench: | $(PY)
-	$(PY) -m vae_jax.bench --json $(BENCH_JSON) $(BENCH_ARGS)
+	$(PY) -m vae_jax.bench --json $(BENCH_JSON) $(if $(PEER_PYTHON),--peer $(PEER_PYTHON) --rounds 2) $(BENCH_ARGS)
+
+# PyTorch for make bench's peer (benchmarks/pytorch_seed_vae.py), kept out of vae_jax's venv.
+peer-env:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install numpy '$(TORCH)'
 
 # K models trained together under jax.vmap, as a sweep trains them, vs. one model.
 bench-sweep: | $(PY)
-	$(PY) -m vae_jax.bench --batch 100 --models 1 2 3 5 --json runs/bench_sweep.json $(BENCH_ARGS)
+	$(PY) -m vae_jax.bench --experiments mnist_z20 mnist_mlp_z20 --batch 100 --models 1 2 3 5 \
+		--json runs/bench_sweep.json $(BENCH_ARGS)
 
 test: | $(PY)
 	$(PY) -m pytest -q -m "not slow"

@@ -9,6 +9,7 @@ import sys
 import pytest
 from conftest import ROOT
 
+from vae_jax import bench
 from vae_jax.config.experiments import load_experiment
 from vae_jax.config.keys import base_config
 from vae_jax.core import flops
@@ -78,7 +79,8 @@ def test_bench_command_writes_records(tmp_path):
 
 
 def test_bench_rejects_unknown_experiment_and_key():
-    for bad in (["--experiments", "mnst_z20"], ["--config.model.latent_dims=3"]):
+    bad_args = (["--experiments", "mnst_z20"], ["--config.model.latent_dims=3"])
+    for bad in (*bad_args, ["--peer", "/no/python"]):
         proc = subprocess.run(
             [sys.executable, "-m", "vae_jax.bench", *bad],
             cwd=ROOT,
@@ -87,3 +89,44 @@ def test_bench_rejects_unknown_experiment_and_key():
             timeout=120,
         )
         assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr
+
+
+def test_peer_args_name_the_same_model():
+    """The PyTorch peer gets each experiment's architecture and sizes; models it lacks get
+    none."""
+    assert bench.peer_args("mnist_z20", []) == ["--model", "conv", "--latent-dim", "20"]
+    assert bench.peer_args("mnist_mlp_z20", []) == [
+        "--model", "mlp", "--hidden", "500", "--latent-dim", "20"
+    ]  # fmt: skip
+    assert bench.peer_args("bmnist_resnet", []) == [
+        "--model", "resnet", "--widths", "32", "64", "--blocks", "1", "--latent-dim", "32",
+        "--binarize",
+    ]  # fmt: skip
+    assert bench.peer_args("mnist_z20", ["--config.model.latent_dim=7"])[-1] == "7"
+    assert bench.peer_args("bmnist_ladder", []) is None
+    assert bench.peer_args("mnist_z20", ["--config.objective.name=iwae"]) is None
+
+
+def test_bench_with_a_peer_gives_the_ratio_round_by_round(tmp_path):
+    """``--peer``: after each vae_jax measurement the peer runs (here a stand-in that prints
+    what benchmarks/pytorch_seed_vae.py prints), and each record holds the faster layout and
+    vae_jax's images/s over it."""
+    peer = tmp_path / "python"
+    layouts = [
+        {"framework": "pytorch stand-in", "layout": "channels_last", "images_per_sec_median": 50.0},
+        {"framework": "pytorch stand-in", "layout": "NCHW", "images_per_sec_median": 80.0},
+    ]
+    peer.write_text(f"#!/bin/sh\necho 'PEER {json.dumps(layouts)}'\n")
+    peer.chmod(0o755)
+    out = tmp_path / "bench.json"
+    args = ["--experiments", "mnist_mlp_z20", "--batch", "64", "--steps", "2", "--reps", "1"]
+    args += ["--rounds", "2", "--peer", str(peer), "--data", "synthetic", "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "vae_jax.bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())["records"]
+    assert len(records) == 2  # two rounds: vae_jax, peer, vae_jax, peer
+    for r in records:
+        assert r["peer"]["layout"] == "NCHW" and len(r["peer"]["layouts"]) == 2
+        assert r["vs_peer"] == pytest.approx(r["images_per_sec_median"] / 80.0)
+        assert f"| mnist_mlp_z20 | 64 | {r['images_per_sec_median']:,.0f} | 80 (NCHW" in proc.stdout

@@ -7,7 +7,16 @@ process runs the real training loop (:func:`vae_jax.training.steps.run_steps`: d
 the device, the step compiled once, no host syncs but once per repetition): one warm-up
 repetition, then ``--reps`` repetitions of ``--steps`` steps. Prints a table; ``--json PATH``
 also writes the records. Nothing is written anywhere else. Config overrides apply to every
-experiment, e.g. ``--config.model.conv_impl=native``.
+experiment, e.g. ``--config.model.conv_impl=native``. Each experiment runs at its own batch size
+unless ``--batch`` names others.
+
+``--peer PYTHON`` (``make bench`` passes ``.venv-torch/bin/python`` once ``make peer-env`` has
+made it) also measures the same model in PyTorch eager with that interpreter
+(``benchmarks/pytorch_seed_vae.py``, channels-last and NCHW) right after each vae_jax
+measurement, ``--rounds`` times in turn (vae_jax, PyTorch, vae_jax, PyTorch, ...), and prints
+vae_jax's images/s over the faster PyTorch layout's, round by round. Experiments whose model the
+peer does not have (anything but the conv, one-hidden-layer ReLU MLP and resnet architectures
+with the plain ELBO on 28x28x1 images) get no peer row.
 
 ``--models 1 2 3`` (``make bench-sweep``) also measures K models trained together, as a sweep
 trains the points that differ only in seed and noise scale: the step ``jax.vmap``-ed over K
@@ -27,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-DEFAULT_EXPERIMENTS = ("mnist_z20", "mnist_mlp_z20")
-DEFAULT_BATCHES = (100, 512)
+DEFAULT_EXPERIMENTS = ("mnist_z20", "mnist_mlp_z20", "bmnist_resnet")
 CPU_IMAGES_PER_REP = 12_800
+PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pytorch_seed_vae.py"
 
 
 def _dataset(config, data: str):
@@ -201,6 +210,70 @@ def _run_one(
     return record
 
 
+def peer_args(experiment: str, overrides: list[str]) -> list[str] | None:
+    """The PyTorch peer's arguments for an experiment's model, or None where it has none."""
+    from vae_jax.config.experiments import load_experiment
+
+    config = load_experiment(experiment, overrides)
+    m, plain = config.model, config.objective.name == "elbo" and config.objective.k == 1
+    plain = plain and m.likelihood == "bernoulli" and m.prior == "standard"
+    if not plain or m.posterior != "gaussian" or config.data.name not in ("mnist", "synthetic"):
+        return None
+    if m.arch == "conv":
+        args = ["--model", "conv"]
+    elif m.arch == "mlp" and len(m.mlp_hidden_dims) == 1 and m.mlp_activation == "relu":
+        args = ["--model", "mlp", "--hidden", str(m.mlp_hidden_dims[0])]
+    elif m.arch == "resnet":
+        widths = [str(w) for w in m.resnet_widths]
+        args = ["--model", "resnet", "--widths", *widths, "--blocks", str(m.resnet_blocks)]
+    else:
+        return None
+    args += ["--latent-dim", str(m.latent_dim)]
+    return [*args, "--binarize"] if config.data.binarize == "dynamic" else args
+
+
+def _run_peer(python: str, args: list[str], batch: int, reps: int) -> dict:
+    """The PyTorch peer's record for one model and batch size: both layouts, the faster one
+    named."""
+    steps = -(-CPU_IMAGES_PER_REP // batch)
+    cmd = [python, str(PEER_SCRIPT), *args, "--batch", str(batch), "--steps", str(steps)]
+    out = subprocess.run([*cmd, "--reps", str(reps), "--json", "-"], capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("PEER ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"the PyTorch peer failed ({out.returncode}):\n" + out.stderr[-3000:])
+    layouts = json.loads(lines[-1].removeprefix("PEER "))
+    best = max(layouts, key=lambda r: r["images_per_sec_median"])
+    return {**best, "layouts": layouts}
+
+
+def _measure_pair(name, batch, models, args, overrides, peer) -> list[dict]:
+    """vae_jax's record, then (with a peer) the peer's, with the ratio."""
+    record = _run_one(name, batch, models, args, overrides)
+    if peer is None:
+        return [record]
+    print(f"  PyTorch peer of {name} at batch {batch} ...", file=sys.stderr, flush=True)
+    theirs = _run_peer(args.peer, peer, batch, args.reps)
+    record["peer"] = theirs
+    record["vs_peer"] = record["images_per_sec_median"] / theirs["images_per_sec_median"]
+    return [record]
+
+
+def format_peer_table(records: list[dict]) -> str:
+    """vae_jax against the PyTorch peer, one row per measured pair (round)."""
+    head = "| experiment | batch | vae_jax images/s | PyTorch images/s (faster layout) | ratio |"
+    rows = [head, "|---|---|---|---|---|"]
+    for r in records:
+        if "peer" not in r:
+            continue
+        p = r["peer"]
+        rows.append(
+            f"| {r['experiment']} | {r['batch_size']} | {r['images_per_sec_median']:,.0f} "
+            f"| {p['images_per_sec_median']:,.0f} ({p['layout']}, {p['framework']}) "
+            f"| {r['vs_peer']:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
 def format_table(records: list[dict]) -> str:
     head = (
         "| backend | experiment | arch (its settings) | batch | models "
@@ -225,7 +298,9 @@ def format_table(records: list[dict]) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vae_jax.bench", description=__doc__.split("\n")[0])
     p.add_argument("--experiments", nargs="+", default=list(DEFAULT_EXPERIMENTS))
-    p.add_argument("--batch", nargs="+", type=int, default=list(DEFAULT_BATCHES))
+    p.add_argument(
+        "--batch", nargs="+", type=int, help="batch sizes (default: each experiment's own)"
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -242,41 +317,57 @@ def _parser() -> argparse.ArgumentParser:
         default=[1],
         help="models trained together under jax.vmap (as a sweep does), e.g. 1 2 3",
     )
+    p.add_argument("--peer", metavar="PYTHON", help="a Python with torch: measure the peer too")
+    p.add_argument("--rounds", type=int, default=1, help="vae_jax/peer pairs, in turn")
     p.add_argument(
         "--one", nargs=3, metavar=("EXPERIMENT", "BATCH", "MODELS"), help=argparse.SUPPRESS
     )
     return p
 
 
+def _plan(args: argparse.Namespace, overrides: list[str]) -> list[tuple[str, int]]:
+    """(experiment, batch size) pairs to measure; a ConfigError for a bad name or key."""
+    from vae_jax.config.experiments import load_experiment
+    from vae_jax.errors import ConfigError
+
+    plan = []
+    for name in args.experiments:
+        own = load_experiment(name, overrides).train.batch_size
+        plan += [(name, batch) for batch in args.batch or [own]]
+    if args.reps < 1 or args.rounds < 1 or min([b for _, b in plan] + args.models) < 1:
+        raise ConfigError("--reps, --rounds and every --batch and --models must be positive")
+    if args.peer and not Path(args.peer).exists():
+        raise ConfigError(f"--peer {args.peer}: no such interpreter (make peer-env makes one)")
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     if args.one:
         return _child(args, overrides)
-    from vae_jax.config.experiments import load_experiment
     from vae_jax.errors import ConfigError
 
     try:
-        for name in args.experiments:
-            load_experiment(name, overrides)
-        if args.reps < 1 or min(args.batch + args.models) < 1:
-            raise ConfigError("--reps and every --batch and --models must be positive")
+        plan = _plan(args, overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     records = []
-    for name in args.experiments:
-        for batch in args.batch:
-            for models in args.models:
-                print(
-                    f"measuring {name} at batch {batch}, {models} model(s) ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                records.append(_run_one(name, batch, models, args, overrides))
+    for name, batch in plan:
+        peer = peer_args(name, overrides) if args.peer else None
+        for models in args.models:
+            for _ in range(args.rounds if models == 1 else 1):
+                print(f"measuring {name} at batch {batch}, {models} model(s) ...",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                records += _measure_pair(name, batch, models, args, overrides,
+                                         peer if models == 1 else None)  # fmt: skip
     print(
         f"{platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs"
     )
     print(format_table(records))
+    if any("peer" in r for r in records):
+        print()
+        print(format_peer_table(records))
     if args.json:
         from vae_jax.atomic_io import write_json
 
