@@ -1,9 +1,10 @@
-"""Stride-2 "SAME" convolutions and transposed convolutions, two ways with the same math.
+"""Stride-2 "SAME" convolutions and transposed convolutions, three ways with the same math.
 
 ``native``: ``lax.conv_general_dilated`` / ``lax.conv_transpose``, as ``nn.Conv`` and
 ``nn.ConvTranspose`` compute them. Best on GPU and TPU.
 
-``space_to_depth`` (the CPU default): every input-dilated convolution, which XLA:CPU runs as a
+``space_to_depth`` (the CPU's choice for layers with several channels on the image side): every
+input-dilated convolution, which XLA:CPU runs as a
 naive loop, is rewritten as a stride-1 "VALID" convolution, which it sends to Eigen. A stride-2
 transposed convolution computes its four output phases (sub-pixel convolution) as 4x the
 channels with a ``ceil(k/2) x ceil(k/2)`` kernel and interleaves them (depth to space); its
@@ -13,10 +14,11 @@ conv is a strided conv, which Eigen handles natively; custom VJPs route them so.
 :func:`conv_space_to_depth` (a strided conv over 2x2 blocks) is the same idea for the forward
 conv, kept for tests and measurements: on XLA:CPU the native strided conv was as fast.
 
-``im2col``: one matrix product over the image's k x k patches (a strided conv: the patches of
-its input; a transposed conv: the product first, then its k x k columns added into the output,
-col2im), differentiated by JAX. Its intermediate holds k*k values per image-side channel, so it
-pays only where that side is thin: a grayscale image (measured in docs/cpu_speed.md).
+``im2col``: one matrix product over the image's k x k windows (a strided conv: the windows of
+its input times the kernel; a transposed conv: the product first, then its k x k columns added
+into the output, col2im); custom VJPs make each gradient a window gather or col2im and one
+product. Its intermediate holds k*k values per image-side channel, so it pays only where that
+side is thin: a grayscale image (measured in docs/cpu_speed.md).
 
 :func:`resolve` picks one per layer. All take images ``[B, H, W, C]`` (H, W even for the
 space-to-depth forms) and kernels ``[k, k, C, O]`` laid out as ``nn.Conv`` /
@@ -59,6 +61,11 @@ def _conv_taps(k: int) -> np.ndarray:
     return taps
 
 
+def _transpose_pad(k: int) -> int:
+    """``lax.conv_transpose``'s SAME padding for stride 2 and kernel size ``k``."""
+    return k - 1 if k < 3 else -(-k // 2)
+
+
 def _transpose_taps(k: int) -> tuple[np.ndarray, int, int]:
     """``(taps[u, a], lo, hi)`` for output phase ``a`` of a stride-2 SAME transposed conv.
 
@@ -67,7 +74,7 @@ def _transpose_taps(k: int) -> tuple[np.ndarray, int, int]:
     ``o = 2r + a`` the input index is ``r + d`` with ``d = (a + t - pad)/2``; with the input
     padded by ``lo`` before and ``hi`` after, window offset ``u = d + lo`` holds tap ``taps[u, a]``.
     """
-    pad = k - 1 if k < 3 else -(-k // 2)
+    pad = _transpose_pad(k)
     pairs = [(a, t, (a + t - pad) // 2) for a in (0, 1) for t in range(k) if (a + t - pad) % 2 == 0]
     d_min, d_max = min(d for *_, d in pairs), max(d for *_, d in pairs)
     taps = np.full((d_max - d_min + 1, 2), k)
@@ -245,17 +252,17 @@ def _outer(a: jax.Array, g: jax.Array) -> jax.Array:
 def conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """:func:`conv_native` as one matrix product of the input's k x k windows with the kernel;
     both gradients are such products too (a window gather or col2im and one product each)."""
-    return conv_im2col_fwd(x, kernel)[0]
+    return _conv_im2col_fwd(x, kernel)[0]
 
 
-def conv_im2col_fwd(x, kernel):
+def _conv_im2col_fwd(x, kernel):
     k, (_, h, w, _) = kernel.shape[0], x.shape
     lo = (_same_padding(h, k), _same_padding(w, k))
     windows = _windows(x, k, lo, (-(-h // 2), -(-w // 2)))
     return _matmul(windows, kernel, 3, 3), (windows, kernel, (h, w))
 
 
-def conv_im2col_bwd(res, g):
+def _conv_im2col_bwd(res, g):
     windows, kernel, (h, w) = res
     k = kernel.shape[0]
     cols = _matmul(g, kernel.transpose(3, 0, 1, 2), 1, 1)  # [B, oh, ow, k, k, C]
@@ -263,7 +270,7 @@ def conv_im2col_bwd(res, g):
     return _add_windows(cols, lo, (h, w)), _outer(windows, g)
 
 
-conv_im2col.defvjp(conv_im2col_fwd, conv_im2col_bwd)
+conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 @jax.custom_vjp
@@ -273,25 +280,26 @@ def conv_transpose_col2im(x: jax.Array, kernel: jax.Array) -> jax.Array:
     of the output gradient and one product each.
 
     ``lax.conv_transpose`` sends input pixel ``i`` through tap ``t`` to output
-    ``2i + pad - t`` (``pad`` as in :func:`_transpose_taps`); with the kernel flipped,
+    ``2i + pad - t`` (``pad``: :func:`_transpose_pad`); with the kernel flipped,
     ``s = k - 1 - t``, that is output ``2i + s - lo``, ``lo = k - 1 - pad``: the windows of
     :func:`_windows`."""
-    return conv_transpose_col2im_fwd(x, kernel)[0]
+    return _conv_transpose_col2im_fwd(x, kernel)[0]
 
 
 def _transpose_lo(k: int) -> Pair:
-    lo = k - 1 - (k - 1 if k < 3 else -(-k // 2))
+    """The low padding of :func:`_windows` for the flipped kernel of a transposed conv."""
+    lo = k - 1 - _transpose_pad(k)
     return lo, lo
 
 
-def conv_transpose_col2im_fwd(x, kernel):
+def _conv_transpose_col2im_fwd(x, kernel):
     flipped = jnp.flip(kernel, (0, 1)).transpose(2, 0, 1, 3)  # [C, k, k, O]
     cols = _matmul(x, flipped, 1, 1)  # [B, h, w, k, k, O]
     out_hw = (2 * x.shape[1], 2 * x.shape[2])
     return _add_windows(cols, _transpose_lo(kernel.shape[0]), out_hw), (x, flipped)
 
 
-def conv_transpose_col2im_bwd(res, g):
+def _conv_transpose_col2im_bwd(res, g):
     x, flipped = res
     k = flipped.shape[1]
     windows = _windows(g, k, _transpose_lo(k), x.shape[1:3])  # [B, h, w, k, k, O]
@@ -300,7 +308,7 @@ def conv_transpose_col2im_bwd(res, g):
     return dx, jnp.flip(d_flipped.transpose(1, 2, 0, 3), (0, 1))
 
 
-conv_transpose_col2im.defvjp(conv_transpose_col2im_fwd, conv_transpose_col2im_bwd)
+conv_transpose_col2im.defvjp(_conv_transpose_col2im_fwd, _conv_transpose_col2im_bwd)
 
 
 def resolve(impl: str, image_channels: int, platform: str | None = None) -> str:
