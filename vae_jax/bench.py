@@ -246,16 +246,16 @@ def _run_peer(python: str, args: list[str], batch: int, reps: int) -> dict:
     return {**best, "layouts": layouts}
 
 
-def _measure_pair(name, batch, models, args, overrides, peer) -> list[dict]:
-    """vae_jax's record, then (with a peer) the peer's, with the ratio."""
+def _measure_pair(name, batch, models, args, overrides, peer) -> dict:
+    """vae_jax's record; with a peer, the peer's measured right after it, and the ratio."""
     record = _run_one(name, batch, models, args, overrides)
     if peer is None:
-        return [record]
+        return record
     print(f"  PyTorch peer of {name} at batch {batch} ...", file=sys.stderr, flush=True)
     theirs = _run_peer(args.peer, peer, batch, args.reps)
     record["peer"] = theirs
     record["vs_peer"] = record["images_per_sec_median"] / theirs["images_per_sec_median"]
-    return [record]
+    return record
 
 
 def format_peer_table(records: list[dict]) -> str:
@@ -359,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds if models == 1 else 1):
                 print(f"measuring {name} at batch {batch}, {models} model(s) ...",
                       file=sys.stderr, flush=True)  # fmt: skip
-                records += _measure_pair(name, batch, models, args, overrides,
-                                         peer if models == 1 else None)  # fmt: skip
+                records.append(_measure_pair(name, batch, models, args, overrides,
+                                             peer if models == 1 else None))  # fmt: skip
     print(
         f"{platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs"
     )

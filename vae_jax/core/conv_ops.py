@@ -61,6 +61,11 @@ def _conv_taps(k: int) -> np.ndarray:
     return taps
 
 
+def _same_padding(size: int, k: int) -> int:
+    """The low padding of a stride-2 SAME conv over ``size`` pixels."""
+    return max((-(-size // 2) - 1) * 2 + k - size, 0) // 2
+
+
 def _transpose_pad(k: int) -> int:
     """``lax.conv_transpose``'s SAME padding for stride 2 and kernel size ``k``."""
     return k - 1 if k < 3 else -(-k // 2)
@@ -100,8 +105,7 @@ def conv_space_to_depth(x: jax.Array, kernel: jax.Array) -> jax.Array:
     taps = _conv_taps(k)
     m = len(taps)
     oh, ow = -(-h // 2), -(-w // 2)
-    lo_h = max((oh - 1) * 2 + k - h, 0) // 2
-    lo_w = max((ow - 1) * 2 + k - w, 0) // 2
+    lo_h, lo_w = _same_padding(h, k), _same_padding(w, k)
     hp, wp = 2 * (oh + m - 1), 2 * (ow + m - 1)
     x = jnp.pad(x, ((0, 0), (lo_h, hp - h - lo_h), (lo_w, wp - w - lo_w), (0, 0)))
     blocks = x.reshape(b, hp // 2, 2, wp // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
@@ -193,11 +197,6 @@ conv_transpose_fast = _with_gradients(
     its input gradient as a native strided conv and its kernel gradient through the
     space-to-depth form (the native one is a slow dilated conv on XLA:CPU).""",
 )
-
-
-def _same_padding(size: int, k: int) -> int:
-    """The low padding of a stride-2 SAME conv over ``size`` pixels."""
-    return max((-(-size // 2) - 1) * 2 + k - size, 0) // 2
 
 
 Pair = tuple[int, int]  # (height, width) or (low padding along height, along width)
