@@ -8,6 +8,7 @@ ARGS ?=
 DATASET ?= mnist
 BENCH_JSON ?= runs/bench.json
 BENCH_ARGS ?=
+TEST_WORKERS ?= 2
 PEER_VENV ?= .venv-torch
 PEER_PYTHON ?= $(wildcard $(PEER_VENV)/bin/python)
 TORCH ?= torch
@@ -29,7 +30,7 @@ help:
 	@echo "                             with $(PEER_VENV) (make peer-env), PyTorch beside it and the ratio"
 	@echo "make peer-env [TORCH=torch==2.13.0]   a venv with PyTorch for make bench's peer"
 	@echo "make bench-sweep             the same for 1, 2, 3, 5 models trained together (vmap)"
-	@echo "make test                    the test suite (CPU, a few minutes)"
+	@echo "make test                    the test suite (CPU, 2 processes, ~14 min on 2 cores)"
 	@echo "make test-slow               end to end: the seed figure, multi-process runs, the README (~10 min)"
 	@echo "make lint / make format      ruff"
 	@echo "make data [DATASET=mnist] [TFDS_DATA_DIR=dir]   download and prepare a TFDS dataset"
@@ -71,8 +72,10 @@ bench-sweep: | $(PY)
 	$(PY) -m vae_jax.bench --experiments mnist_z20 mnist_mlp_z20 --batch 100 --models 1 2 3 5 \
 		--json runs/bench_sweep.json $(BENCH_ARGS)
 
+# pytest-xdist: test files spread over TEST_WORKERS processes (a file's tests stay together, so
+# module fixtures are built once); the slow tests already run several processes each.
 test: | $(PY)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: | $(PY)
 	$(PY) -m pytest -q -m slow

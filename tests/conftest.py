@@ -26,8 +26,9 @@ def tfds_data_dir() -> str | None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
-    """One data cache per test session (decoded once), never the user's ~/.cache, and one
-    persistent XLA compilation cache, so the many small runs (and subprocesses) compile each
+    """One data cache per test process (decoded once; each pytest-xdist worker has its own, as
+    a test damages it on purpose), never the user's ~/.cache, and one persistent XLA
+    compilation cache, so the many small runs (and subprocesses) compile each
     program once."""
     import jax
 
