@@ -223,7 +223,7 @@ sys.exit(main(["train", "mnist_z20", "--workdir", sys.argv[1]]))
     "where",
     [
         "vae_jax.training.run.train_and_evaluate",  # before the loop listens for signals
-        "vae_jax.data.datasets._load_split",  # inside the data loader's `except Exception`
+        "vae_jax.data.datasets._load_splits",  # inside the data loader's `except Exception`
     ],
 )
 def test_sigterm_before_training_starts_says_so(tmp_path, where):

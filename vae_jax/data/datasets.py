@@ -31,6 +31,7 @@ from vae_jax.errors import DataError
 CACHE_ENV = "VAE_JAX_CACHE_DIR"
 AUTO_PREPARE_ENV = "VAE_JAX_AUTO_PREPARE"
 _DECODE_CHUNK = 5000
+SPLITS = ("train", "test")  # a dataset's two splits, in the order of their binarization keys
 
 
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
@@ -54,13 +55,9 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     else:
         data_dir, prepare = resolve_data_dir(data_config), auto_prepare(data_config)
         where = f"{name!r} in {data_dir!r}"
-        train_x, train_y = load_split(name, "train", data_dir, prepare)
-        test_x, test_y = load_split(name, "test", data_dir, prepare)
+        (train_x, train_y), (test_x, test_y) = load_splits(name, SPLITS, data_dir, prepare)
         train_x, test_x = as_uint8(train_x, f"{name}/train"), as_uint8(test_x, f"{name}/test")
-    if data_config.binarize == "static":
-        train_x = static_binarize(train_x, data_config.binarize_seed, "train")
-    if data_config.binarize in ("static", "dynamic"):
-        test_x = static_binarize(test_x, data_config.binarize_seed, "test")
+    train_x, test_x = binarize(train_x, test_x, data_config.binarize, data_config.binarize_seed)
     n_train = data_config.train_size or len(train_x)
     n_test = data_config.test_size or len(test_x)
     for what, n, have in (("train", n_train, len(train_x)), ("test", n_test, len(test_x))):
@@ -71,11 +68,19 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     return Dataset(train_x[:n_train], train_y[:n_train], test_x[:n_test], test_y[:n_test])
 
 
-def static_binarize(images: np.ndarray, seed: int, split: str) -> np.ndarray:
-    """One fixed Bernoulli sample of ``images`` (uint8 0/255), keyed by (seed, split)."""
-    key = jax.random.fold_in(jax.random.key(seed), 0 if split == "train" else 1)
+def binarize(
+    train: np.ndarray, test: np.ndarray, mode: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The splits as ``data.binarize`` asks (:func:`load_dataset`): ``'static'`` both, ``'dynamic'``
+    the test split alone, each one fixed Bernoulli sample (uint8 0/255) keyed by (seed, split)."""
+    binarized = {"none": (), "dynamic": ("test",), "static": SPLITS}[mode]
+    out = {"train": train, "test": test}
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        return np.asarray(pixels.binarize_u8(key, images))
+        for i, split in enumerate(SPLITS):
+            if split in binarized:
+                key = jax.random.fold_in(jax.random.key(seed), i)
+                out[split] = np.asarray(pixels.binarize_u8(key, out[split]))
+    return out["train"], out["test"]
 
 
 def resolve_data_dir(data_config: ml_collections.ConfigDict) -> str:
@@ -189,11 +194,18 @@ def _decode(name: str, split: str, data_dir: str, n: int) -> tuple[np.ndarray, n
 def load_split(
     name: str, split: str, data_dir: str, prepare: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of a TFDS split; ``prepare``
-    prepares the dataset first if it is not (:func:`prepare_tfds`). A damaged data dir
-    (garbage metadata, missing or truncated record files) is a :class:`DataError`."""
+    """All images (uint8 [N, H, W, C]) and labels (int32 [N]) of a TFDS split."""
+    return load_splits(name, (split,), data_dir, prepare)[0]
+
+
+def load_splits(
+    name: str, splits: tuple[str, ...], data_dir: str, prepare: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Images and labels of each TFDS split, as :func:`load_split`; ``prepare`` prepares the
+    dataset first if it is not (:func:`prepare_tfds`). A damaged data dir (garbage metadata,
+    missing or truncated record files) is a :class:`DataError`."""
     try:
-        return _load_split(name, split, data_dir, prepare)
+        return _load_splits(name, splits, data_dir, prepare)
     except DataError:
         raise
     except Exception as e:  # TFDS and array_record raise all sorts on damaged files
@@ -205,15 +217,16 @@ def load_split(
         ) from None
 
 
-def _load_split(
-    name: str, split: str, data_dir: str, prepare: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _load_splits(
+    name: str, splits: tuple[str, ...], data_dir: str, prepare: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
     builder = _builder(name, data_dir, prepare)
-    if split not in builder.info.splits:
-        raise DataError(
-            f"TFDS dataset {name!r} in {data_dir!r} has no split {split!r}; "
-            f"it has {', '.join(builder.info.splits)}"
-        )
+    for split in splits:
+        if split not in builder.info.splits:
+            raise DataError(
+                f"TFDS dataset {name!r} in {data_dir!r} has no split {split!r}; "
+                f"it has {', '.join(builder.info.splits)}"
+            )
     if "image" not in builder.info.features:
         raise DataError(
             f"TFDS dataset {name!r} in {data_dir!r} has no 'image' feature (it has "
@@ -221,8 +234,14 @@ def _load_split(
         )
     shape = builder.info.features["image"].shape
     if shape and None not in shape:
-        n = builder.info.splits[split].num_examples
-        check_fits_in_memory(n * int(np.prod(shape)), f"TFDS dataset {name!r}/{split}")
+        n = sum(builder.info.splits[split].num_examples for split in splits)
+        what = f"TFDS dataset {name!r}/{'+'.join(splits)}"
+        check_fits_in_memory(n * int(np.prod(shape)), what)
+    return [_read_or_decode(builder, name, split, data_dir) for split in splits]
+
+
+def _read_or_decode(builder, name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split from the cache, or decoded from the prepared files and then cached."""
     key = _fingerprint(builder, split)[:20]
     path = cache_dir() / f"{name}-{builder.version}-{split}-{key}.npz"
     cached = _read_cache(path)
