@@ -77,12 +77,10 @@ def _trainer(config, dataset, models: int):
 
     from vae_jax.core.sharding import make_mesh, replicated
     from vae_jax.core.train_step import zero_sums
-    from vae_jax.parallel import check_divisible
     from vae_jax.parts import build_parts, init_state
     from vae_jax.training.steps import compile_step, join_runs
 
     mesh = make_mesh()
-    check_divisible(config.train.batch_size, mesh, "batch size")
     parts = build_parts(config, dataset.image_shape, mesh, len(dataset.train_images))
     state = join_runs([init_state(parts, seed) for seed in range(models)])
     sums = jax.device_put(join_runs([zero_sums()] * models), replicated(mesh))

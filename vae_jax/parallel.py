@@ -1,5 +1,5 @@
-"""The devices: the check that a batch divides over them, multi-process (multi-host) start-up,
-and compiling for them (the mesh and shardings are :mod:`vae_jax.core.sharding`)."""
+"""The devices: multi-process (multi-host) start-up, and compiling for them (the mesh, the
+shardings and the check that a batch divides over the devices are :mod:`vae_jax.core.sharding`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,8 @@ import sys
 import threading
 
 import jax
-from jax.sharding import Mesh
 
 from vae_jax.errors import ConfigError, DistributedError
-
-
-def check_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
-    n = mesh.devices.size
-    if batch_size % n:
-        ok = [b for b in range(n, 4 * max(batch_size, n), n)][:3]
-        raise ConfigError(
-            f"{key}={batch_size} does not divide by the {n} devices "
-            f"({jax.devices()[0].platform}); use a multiple of {n}, e.g. " + ", ".join(map(str, ok))
-        )
 
 
 def initialize_distributed(

@@ -21,7 +21,7 @@ from vae_jax.core import objectives, train_step
 from vae_jax.core.latents import zero_noise
 from vae_jax.core.models import init_params, make_model
 from vae_jax.core.settings import values
-from vae_jax.core.sharding import replicated
+from vae_jax.core.sharding import check_divisible, replicated
 from vae_jax.core.train_step import TrainState
 from vae_jax.errors import ConfigError
 
@@ -69,8 +69,9 @@ def build_parts(
 ) -> Parts:
     """The parts of a run of ``config`` on images of ``image_shape``; ``train_size`` (the
     number of training images) sets the learning-rate schedule's length, which a run loaded
-    back for evaluation does not need. A model that cannot take the images is a
-    :class:`ConfigError`."""
+    back for evaluation does not need. A model that cannot take the images, or a batch that
+    does not divide over the mesh's devices, is a :class:`ConfigError`."""
+    check_batches(config, mesh, training=train_size is not None)
     try:
         model = make_model(image_shape, **config.model)
     except ValueError as e:
@@ -93,6 +94,17 @@ def build_parts(
         e.iwae_pairs_per_call,
     )
     return Parts(config, tuple(image_shape), model, tx, loss_fn, steps_per_epoch, evaluation, mesh)
+
+
+def check_batches(config: ml_collections.ConfigDict, mesh: Mesh, training: bool) -> None:
+    """Refuse an eval batch (and, for ``training``, a train batch) that does not divide over
+    the mesh's devices."""
+    try:
+        check_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+        if training:
+            check_divisible(config.train.batch_size, mesh, "train.batch_size")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def full_weight_loss(parts: Parts) -> objectives.Loss:

@@ -1,5 +1,5 @@
-"""Data parallelism over every device: a 1-D mesh, the batch sharded, everything else
-replicated."""
+"""Data parallelism over every device: a 1-D mesh, the batch sharded (so it must divide over
+the devices), everything else replicated."""
 
 from __future__ import annotations
 
@@ -23,3 +23,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def check_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
+    """Raise ValueError, naming config ``key`` and a few sizes that do, unless ``batch_size``
+    divides over the mesh's devices."""
+    n = mesh.devices.size
+    if batch_size % n:
+        ok = [b for b in range(n, 4 * max(batch_size, n), n)][:3]
+        raise ValueError(
+            f"{key}={batch_size} does not divide by the {n} devices "
+            f"({jax.devices()[0].platform}); use a multiple of {n}, e.g. " + ", ".join(map(str, ok))
+        )
