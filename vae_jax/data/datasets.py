@@ -31,7 +31,7 @@ from vae_jax.errors import DataError
 CACHE_ENV = "VAE_JAX_CACHE_DIR"
 AUTO_PREPARE_ENV = "VAE_JAX_AUTO_PREPARE"
 _DECODE_CHUNK = 5000
-SPLITS = ("train", "test")  # a dataset's two splits, in the order of their binarization keys
+SPLITS = ("train", "test")  # the two splits a dataset must have
 
 
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
@@ -73,14 +73,17 @@ def binarize(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The splits as ``data.binarize`` asks (:func:`load_dataset`): ``'static'`` both, ``'dynamic'``
     the test split alone, each one fixed Bernoulli sample (uint8 0/255) keyed by (seed, split)."""
-    binarized = {"none": (), "dynamic": ("test",), "static": SPLITS}[mode]
-    out = {"train": train, "test": test}
+
+    def sample(images: np.ndarray, split: int) -> np.ndarray:
+        key = jax.random.fold_in(jax.random.key(seed), split)
+        return np.asarray(pixels.binarize_u8(key, images))
+
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        for i, split in enumerate(SPLITS):
-            if split in binarized:
-                key = jax.random.fold_in(jax.random.key(seed), i)
-                out[split] = np.asarray(pixels.binarize_u8(key, out[split]))
-    return out["train"], out["test"]
+        if mode == "static":
+            train = sample(train, 0)
+        if mode in ("static", "dynamic"):
+            test = sample(test, 1)
+    return train, test
 
 
 def resolve_data_dir(data_config: ml_collections.ConfigDict) -> str:
