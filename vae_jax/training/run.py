@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
 from vae_jax.config.keys import validate
 from vae_jax.config.saved import check_resumable, to_saved
@@ -29,7 +30,7 @@ from vae_jax.errors import ConfigError, OutputError
 from vae_jax.evaluation.run import evaluate_trained
 from vae_jax.outputs.checkpoints import Checkpointer
 from vae_jax.outputs.workdir import Workdir
-from vae_jax.parts import Parts, build_parts, checkpoint_shapes
+from vae_jax.parts import Parts, build_parts, check_batches, checkpoint_shapes
 from vae_jax.training import loop
 
 TOGETHER_KEYS = ("seed", "model.noise_scale")  # the keys in which runs trained together differ
@@ -71,7 +72,7 @@ def train_together(
     return their histories. Returns None, having written nothing, when their newest
     checkpoints are at different steps (they then have to be trained one by one)."""
     mesh = make_mesh()
-    workdirs = check_runs(runs, force)
+    workdirs = check_runs(runs, mesh, force)
     if dataset is None:
         dataset = load_dataset(runs[0].config.data)
     check_dataset(dataset, runs[0].config.train.batch_size)
@@ -114,13 +115,15 @@ def together_key(config: ml_collections.ConfigDict) -> str:
     return json.dumps({k: v for k, v in flat.items() if k not in TOGETHER_KEYS}, default=str)
 
 
-def check_runs(runs: list[Run], force: bool) -> list[Workdir]:
-    """The runs' workdirs, once their configs are valid and the workdirs are free for them (or
-    hold the same run); several runs only if they differ in :data:`TOGETHER_KEYS` alone. That
-    the batches divide over the devices is checked where the parts are built."""
+def check_runs(runs: list[Run], mesh: Mesh, force: bool) -> list[Workdir]:
+    """The runs' workdirs, once their configs are valid, their batches divide over the devices
+    (asked before the data are read, so that a bad batch fails at once) and the workdirs are
+    free for them (or hold the same run); several runs only if they differ in
+    :data:`TOGETHER_KEYS` alone."""
     workdirs = []
     for run in runs:
         validate(run.config)
+        check_batches(run.config, mesh, training=True)
         workdir = Workdir(run.workdir)
         workdir.check()
         if not force and (saved := workdir.saved_config()) is not None:
