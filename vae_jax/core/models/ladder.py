@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax.core.activations import elu
 from vae_jax.core.latents import (
     Gaussian,
     Layer,
@@ -54,10 +55,10 @@ class Group(nn.Module):
         self.block = ResBlock()
 
     def prior(self, h: jax.Array) -> Gaussian:
-        return Gaussian(*jnp.split(self.to_prior(nn.elu(h)), 2, axis=-1))
+        return Gaussian(*jnp.split(self.to_prior(elu(h)), 2, axis=-1))
 
     def posterior(self, h: jax.Array, up: jax.Array) -> Gaussian:
-        return Gaussian(*jnp.split(self.to_posterior(nn.elu(jnp.concatenate([h, up], -1))), 2, -1))
+        return Gaussian(*jnp.split(self.to_posterior(elu(jnp.concatenate([h, up], -1))), 2, -1))
 
     def merge(self, h: jax.Array, z: jax.Array) -> jax.Array:
         return self.block(h + self.from_z(z))
@@ -95,7 +96,7 @@ class LadderVAE(nn.Module):
         a2 = self.down2(x)
         for block in self.res2:
             a2 = block(a2)
-        a4 = self.down4(nn.elu(a2))
+        a4 = self.down4(elu(a2))
         for block in self.res4:
             a4 = block(a4)
         return a4, a2
@@ -105,12 +106,12 @@ class LadderVAE(nn.Module):
         return [(0, g) for g in self.top] + [(1, g) for g in self.bottom]
 
     def _up(self, h: jax.Array) -> jax.Array:
-        return self.up2(nn.elu(h))
+        return self.up2(elu(h))
 
     def _logits(self, h: jax.Array) -> jax.Array:
         for block in self.out_res:
             h = block(h)
-        return self.out(nn.elu(h))
+        return self.out(elu(h))
 
     def forward(self, features, x, noise: Noise | None, noise_scale, given=None) -> Pass:
         h = jnp.broadcast_to(self.start, (x.shape[0], *self.start.shape))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from vae_jax.core.activations import elu
 from vae_jax.core.models.conv import CONV_IMPL, Stride2Conv
 from vae_jax.core.models.registry import architecture
 from vae_jax.core.models.vae import VAE
@@ -20,8 +21,8 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        h = nn.Conv(c, (3, 3), padding="SAME")(nn.elu(x))
-        h = nn.Conv(c, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros_init())(nn.elu(h))
+        h = nn.Conv(c, (3, 3), padding="SAME")(elu(x))
+        h = nn.Conv(c, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros_init())(elu(h))
         return x + h
 
 
@@ -40,7 +41,7 @@ class ResNetEncoder(nn.Module):
             x = Stride2Conv(width, impl=self.conv_impl, name=f"Down_{i}")(x)
             for _ in range(self.blocks):
                 x = ResBlock()(x)
-        x = nn.elu(x).reshape(x.shape[0], -1)
+        x = elu(x).reshape(x.shape[0], -1)
         return nn.Dense(self.latent_dim, name="mean")(x), nn.Dense(self.latent_dim, name="logvar")(
             x
         )
@@ -63,7 +64,7 @@ class ResNetDecoder(nn.Module):
         for i, width in enumerate([*reversed(self.widths[:-1]), c]):
             for _ in range(self.blocks):
                 x = ResBlock()(x)
-            x = Stride2Conv(width, True, self.conv_impl, name=f"Up_{i}")(nn.elu(x))
+            x = Stride2Conv(width, True, self.conv_impl, name=f"Up_{i}")(elu(x))
         return x
 
 
