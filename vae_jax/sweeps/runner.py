@@ -94,7 +94,7 @@ def run_sweep(
     root = Path(root) if root is not None else default_root(sweep_name)
     mine = sweep_grid.shard(sweep.points, i, n)
     mesh = make_mesh()
-    for p in mine:  # refuse a clash with an existing run before training anything
+    for p in mine:  # refuse a clash or a batch the devices do not divide before training
         check_runs([Run(p.config, root / p.name)], mesh, force=False)
     finished, units = plan(mine, root, vmap, jax.default_backend())
     total, done = len(mine), len(finished)
