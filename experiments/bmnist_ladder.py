@@ -16,7 +16,7 @@ Measured on 2 CPU cores (AMD EPYC, AVX-512), 2026-12-02, with today's code: ~500
 after epoch 1, 91.25 after 10, 87.41 after 26 (rate 34.99 = 12.28 + 8.29 + 4.70 + 9.73 by
 group, top first, + distortion 52.41; active units 39/392, 274/392, 1,130/1,568, 1,032/1,568).
 IWAE NLL bound, k=1000, on the first 2,000 test images: 83.34 +- 0.44 nats (18 min at ~1,830
-samples/s); the k=5000 bound was not measured (~100 min here).
+samples/s); k=5000 on the same images: 83.18 +- 0.44 nats (84 min at ~1,980 samples/s).
 
 Earlier (2 Intel Xeon cores, AVX-512, before conv_impl=auto computed the grayscale strided convs
 as one matrix product each, which rounds differently, and before the ELU kept only its output
