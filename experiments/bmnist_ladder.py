@@ -1,7 +1,7 @@
 """A top-down hierarchical ResNet VAE on dynamically binarized MNIST (LVAE / VDVAE style).
 
     make train EXP=bmnist_ladder
-    make eval EXP=bmnist_ladder    # IWAE k=5000 on the first 2,000 test images (~100 min here)
+    make eval EXP=bmnist_ladder    # IWAE k=5000 on the first 2,000 test images (~85 min here)
     make eval EXP=bmnist_ladder ARGS="--config.eval.iwae_k=1000"    # ~19 min
 
 A bottom-up ResNet pass (5x5 stride-2 convs to 14x14x32 and 7x7x64, a residual block each), then
