@@ -77,7 +77,7 @@ def build_parts(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     layers = latent_layers(model, image_shape)
-    check_combination(config, model, layers)
+    check_combination(config, model, layers, tuple(image_shape))
     steps_per_epoch = (train_size or 0) // config.train.batch_size
     total_steps = steps_per_epoch * config.train.num_epochs or 1
     tx = train_step.make_optimizer(total_steps, **values(config, train_step.SETTINGS))
@@ -131,12 +131,17 @@ def latent_layers(model: nn.Module, image_shape: tuple[int, ...]) -> tuple[Laten
 
 
 def check_combination(
-    config: ml_collections.ConfigDict, model: nn.Module, layers: tuple[LatentLayer, ...]
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    layers: tuple[LatentLayer, ...],
+    image_shape: tuple[int, ...],
 ) -> None:
-    """Refuse, before training, objectives the model cannot serve."""
+    """Refuse, before training, objectives the model cannot serve and settings the chosen
+    objective would ignore."""
     m, o = config.model, config.objective
     what = f"model.arch={m.arch!r}, model.prior={m.prior!r}, model.posterior={m.posterior!r}"
     open_layers = [i for i, layer in enumerate(layers) if not layer.closed_form]
+    _check_objective_keys(o)
     if o.kl == "analytic" and open_layers:
         raise ConfigError(
             f"objective.kl='analytic' needs a closed-form KL in every latent layer; with {what} "
@@ -144,30 +149,77 @@ def check_combination(
             "that hangs on a later draw). Use objective.kl=auto (closed form where it exists) "
             "or objective.kl=sample"
         )
-    weighted = {"beta": o.beta != 1.0, "kl_warmup_steps": o.kl_warmup_steps,
-                "free_bits": o.free_bits}  # fmt: skip
-    if o.name == "iwae" and any(weighted.values()):
-        keys = ", ".join(f"objective.{k}" for k, v in weighted.items() if v)
+    if o.name == "iwae" and o.dreg:
+        _check_dreg(m, model, image_shape)
+
+
+def _check_objective_keys(o: ml_collections.ConfigDict) -> None:
+    """Refuse a key the chosen objective ignores (set away from its default)."""
+    if o.name == "iwae":
+        ignored = {"beta": o.beta != 1.0, "kl_warmup_steps": o.kl_warmup_steps,
+                   "free_bits": o.free_bits, "kl": o.kl != "auto"}  # fmt: skip
+        valid = "beta 1, kl_warmup_steps 0, free_bits 0, kl auto"
+        why = "objective.name='iwae' trains the k-sample bound, which has no KL term to weigh"
+    else:
+        ignored = {"k": o.k != 1, "dreg": o.dreg}
+        valid = "k 1, dreg false"
+        why = f"objective.name={o.name!r} trains the one-sample bound"
+    if any(ignored.values()):
+        keys = ", ".join(f"objective.{k}" for k, v in ignored.items() if v)
+        other = "elbo" if o.name == "iwae" else "iwae"
         raise ConfigError(
-            f"objective.name='iwae' trains the k-sample bound, which has no KL term to weigh: "
-            f"{keys} apply to objective.name=elbo only. Leave them at their defaults (beta 1, "
-            "kl_warmup_steps 0, free_bits 0) or use objective.name=elbo"
+            f"{why}: {keys} apply to objective.name={other} only. Leave them at their defaults "
+            f"({valid}) or use objective.name={other}"
         )
-    no_density = getattr(model, "flow", None) is not None  # log q only at its own samples
-    prior_runs_q = getattr(getattr(model, "prior", None), "uses_encoder", False)
-    shared = getattr(model, "q_params", None) is None or prior_runs_q
-    if o.name == "iwae" and o.dreg and (shared or no_density):
-        if no_density:
-            reason = f"model.posterior={m.posterior!r} gives no density at a given z"
-        elif prior_runs_q:
-            reason = f"model.prior={m.prior!r} runs the encoder, so q's parameters are p's too"
-        else:
-            reason = f"model.arch={m.arch!r} shares q's parameters with p's"
-        raise ConfigError(
-            f"objective.dreg=true needs log q(z|x) at given latents with q's parameters apart: "
-            f"{reason}. Use objective.dreg=false (the IWAE gradient), or model.posterior="
-            "gaussian with a one-latent architecture"
-        )
+
+
+def _check_dreg(
+    m: ml_collections.ConfigDict, model: nn.Module, image_shape: tuple[int, ...]
+) -> None:
+    """DReG holds q's parameters apart and needs log q at given latents: refuse a flow (log q
+    only at its own samples), a model whose q shares parameters with p, and a prior whose
+    log p(z) reaches q's parameters (a VampPrior runs the encoder)."""
+    if getattr(model, "flow", None) is not None:
+        reason = f"model.posterior={m.posterior!r} gives no density at a given z"
+        fix = "model.posterior=gaussian"
+    elif getattr(model, "q_params", None) is None:
+        reason = f"model.arch={m.arch!r} shares q's parameters with p's"
+        fix = "an architecture whose q has parameters of its own (conv, mlp, resnet, two_layer)"
+    elif reached := prior_reaches_q(model, image_shape):
+        reason = f"log p(z) of model.prior={m.prior!r} reaches q's parameters ({reached})"
+        fix = "a prior of its own parameters (model.prior=standard or mog)"
+    else:
+        return
+    raise ConfigError(
+        f"objective.dreg=true needs log q(z|x) at given latents with q's parameters apart: "
+        f"{reason}. Use objective.dreg=false (the IWAE gradient) or {fix}"
+    )
+
+
+def prior_reaches_q(model: nn.Module, image_shape: tuple[int, ...]) -> str:
+    """The submodules of ``model.q_params`` that the prior's log p(z) depends on (comma
+    separated; empty: none): every layer's log p differentiated at fixed latents, for one
+    all-zero image and the initial parameters."""
+
+    def gradients() -> dict:
+        x = jnp.zeros((1, *image_shape), jnp.float32)
+        params = init_params(model, jax.random.key(0), image_shape)
+        first = objectives.run_model(model, params, x, zero_noise, 1.0)
+        zs = tuple(jax.lax.stop_gradient(layer.z) for layer in first.layers)
+
+        def log_p(params: dict) -> jax.Array:
+            passed = objectives.run_model(model, params, x, None, 1.0, given=zs)
+            return sum(jnp.sum(layer.log_p) for layer in passed.layers)
+
+        return jax.grad(log_p)(params)
+
+    grads = jax.jit(gradients)()
+    reached = [
+        name
+        for name in model.q_params
+        if any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads.get(name, {})))
+    ]
+    return ", ".join(reached)
 
 
 def init_state(parts: Parts, seed: int) -> TrainState:

@@ -239,7 +239,13 @@ def test_every_model_has_the_interface(name):
         ),
         (
             {"model.prior": "vamp", "objective.name": "iwae", "objective.dreg": True},
-            "model.prior='vamp' runs the encoder",
+            "log p(z) of model.prior='vamp' reaches q's parameters (encoder)",
+        ),
+        ({"objective.k": 5}, "objective.k apply to objective.name=iwae only"),
+        ({"objective.dreg": True}, "objective.dreg apply to objective.name=iwae only"),
+        (
+            {"objective.name": "iwae", "objective.kl": "sample"},
+            "objective.kl apply to objective.name=elbo only",
         ),
         ({"model.arch": "ladder", "model.prior": "vamp"}, "has a hierarchy of its own"),
         ({"objective.name": "iwae", "objective.kl_warmup_steps": 10}, "kl_warmup_steps apply"),
@@ -249,6 +255,15 @@ def test_bad_combinations_are_refused_before_training(values, message):
     config = with_values(base_config(), values, "test")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_parts(config, SHAPE, make_mesh(), 600)
+
+
+@pytest.mark.parametrize("name", ["conv", "mog", "two_layer"])
+def test_dreg_is_accepted_where_q_has_parameters_of_its_own(name):
+    """The check that a prior's log p reaches q's parameters finds none for N(0, I), a mixture
+    of its own parameters, and Burda's p(z1 | z2); it finds the encoder for the VampPrior (the
+    refusal above), with no flag on the prior."""
+    values = {**MODELS[name], "objective.name": "iwae", "objective.k": 2, "objective.dreg": True}
+    build_parts(with_values(base_config(), values, "test"), SHAPE, make_mesh(), 600)
 
 
 @pytest.mark.parametrize("name", ["mog", "ladder"])

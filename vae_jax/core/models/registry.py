@@ -10,7 +10,8 @@ touching this package (README, "Your own model", "Your own prior / posterior / h
   of its own hierarchy (the interface of :mod:`vae_jax.core.latents`);
 - ``@prior(name, keys)``: ``build(latent_dim, image_shape, **keys) -> module`` with
   ``log_prob(z, encoder)``, ``sample(key, n, dim, encoder)`` and ``gaussian`` (the prior as a
-  Gaussian where KL(q || p) has a closed form, else None);
+  Gaussian where KL(q || p) has a closed form, else None); a prior that calls ``encoder`` (the
+  VampPrior) shares q's parameters, which ``build_parts`` finds and refuses DReG for;
 - ``@posterior(name, keys)``: ``build(latent_dim, **keys) -> module or None``, a flow
   ``(z, context) -> (z, log_det)`` after the Gaussian (None: q stays the Gaussian); log q is
   known only at the flow's own samples, so DReG (log q at given latents) is refused with one.

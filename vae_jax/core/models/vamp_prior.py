@@ -17,7 +17,6 @@ class VampPrior(nn.Module):
     image_shape: tuple[int, ...]
     components: int
     gaussian = None  # no closed-form KL
-    uses_encoder = True  # its density runs the encoder: q's parameters are the prior's too
 
     def setup(self):
         shape = (self.components, *self.image_shape)
