@@ -252,6 +252,42 @@ def test_learning_rate_schedules():
     assert float(cosine(55)) == pytest.approx(0.5e-3, rel=1e-3) and float(cosine(100)) < 1e-9
 
 
+def test_gradient_clipping_and_skipping():
+    """``grad_clip_norm`` scales a gradient above it to that norm before Adam;
+    ``grad_skip_norm`` drops an update whose gradient is above it, leaving Adam's moments and
+    step count (the schedule's position) as they were, and applies one below it."""
+    import jax.numpy as jnp
+    import optax
+
+    from vae_jax.core.train_step import make_optimizer
+
+    params, big = {"w": jnp.zeros(4)}, {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50
+    adam = {"learning_rate": 1e-3, "schedule": "constant", "warmup_steps": 0, "adam_eps": 1e-4}
+    clip = make_optimizer(10, **adam, grad_clip_norm=5.0, grad_skip_norm=0.0)
+    _, state = clip.update(big, clip.init(params), params)
+    mu = optax.tree_utils.tree_get(state, "mu")  # (1 - b1) * the clipped gradient
+    np.testing.assert_allclose(mu["w"], [0.3, 0.4, 0.0, 0.0], rtol=1e-6)
+
+    skip = make_optimizer(10, **adam, grad_clip_norm=0.0, grad_skip_norm=10.0)
+    start = skip.init(params)
+    updates, skipped = skip.update(big, start, params)
+    assert not np.any(updates["w"])
+    kept = (start.inner_opt_state, start.gradient_step)  # skip_state records the norm
+    for before, after in zip(
+        jax.tree.leaves(kept),
+        jax.tree.leaves((skipped.inner_opt_state, skipped.gradient_step)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(before, after)
+    small = {"w": jnp.array([0.3, 0.4, 0.0, 0.0])}  # norm 0.5
+    updates, taken = skip.update(small, skipped, params)
+    assert np.all(np.asarray(updates["w"][:2]) < 0)
+    inner = taken.inner_opt_state
+    counts = optax.tree_utils.tree_get_all_with_path(inner, "count")  # Adam's, the schedule's
+    assert [int(count) for _, count in counts] == [1, 1]
+    np.testing.assert_allclose(optax.tree_utils.tree_get(inner, "mu")["w"], [0.03, 0.04, 0, 0])
+
+
 def test_a_scheduled_run_resumes_bit_exactly(tmp_path, data):
     """The schedule's position is Adam's step count, saved in the checkpoint: resuming at
     step 8 of a staircase run with Adam eps 1e-4 ends where the uninterrupted run ends."""
