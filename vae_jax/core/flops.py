@@ -20,7 +20,9 @@ TRAIN_STEP_FACTOR = 3
 
 def forward_flops(model: nn.Module, image_shape: Sequence[int]) -> float:
     """XLA's count of one pass of the model over one image at its posterior means
-    (``__call__``: encoding, every latent layer with its densities, decoding)."""
+    (``__call__``: encoding, every latent layer's sample, decoding). Only what the logits need
+    is counted: XLA prunes the densities, so a learned prior's log p (a VampPrior's encoder
+    pass over its pseudo-inputs) is not in it."""
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), image_shape))
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()

@@ -32,7 +32,6 @@ from vae_jax.parts import EvalSettings, Parts
 
 EVAL_METRICS = ("neg_elbo", "recon", "kl")
 TestEvaluator = Callable[..., Any]  # (params, per_image=False) -> means, or [3, N] per image
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Var_x(E_q[z_d | x]) above this
 
 
 def chunk_size(n: int, batch_size: int, n_devices: int) -> int:

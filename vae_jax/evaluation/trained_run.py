@@ -101,7 +101,9 @@ class TrainedRun:
     def encode(self, images) -> tuple[np.ndarray, np.ndarray] | list[tuple[np.ndarray, ...]]:
         """q(z|x): its mean and stddev (the q sampled: ``noise_scale`` included). For a
         hierarchy, a (mean, stddev) pair per layer, top first, along the noise-free path (the
-        layers above at their means)."""
+        layers above at their means). After a flow posterior (``model.posterior=iaf``) q is no
+        Gaussian: the mean is the flow of the Gaussian's mean (the noise-free z the decoder
+        sees) and the stddev the Gaussian's before the flow."""
         chunks = self._batched(self._posteriors, pixels.to_float(self._images(images)))
         s = self.config.model.noise_scale
         layers = [
