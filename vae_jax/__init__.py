@@ -14,10 +14,6 @@ The names are imported on first use, so ``import vae_jax`` is cheap.
 
 import importlib
 
-from vae_jax.host_memory import keep_freed_memory
-
-keep_freed_memory()  # before JAX's threads start (vae_jax/host_memory.py)
-
 __version__ = "0.2.0"
 _EXPORTS = {
     "get_config": ("vae_jax.config.experiments", "load_experiment"),
