@@ -199,11 +199,11 @@ def _check_dreg(
 def prior_reaches_q(model: nn.Module, image_shape: tuple[int, ...]) -> str:
     """The submodules of ``model.q_params`` that the prior's log p(z) depends on (comma
     separated; empty: none): every layer's log p differentiated at fixed latents, for one
-    all-zero image and the initial parameters."""
+    all-zero image and the initial parameters moved a little (:func:`moved_off_init`)."""
 
     def gradients() -> dict:
         x = jnp.zeros((1, *image_shape), jnp.float32)
-        params = init_params(model, jax.random.key(0), image_shape)
+        params = moved_off_init(init_params(model, jax.random.key(0), image_shape))
         first = objectives.run_model(model, params, x, zero_noise, 1.0)
         zs = tuple(jax.lax.stop_gradient(layer.z) for layer in first.layers)
 
@@ -220,6 +220,18 @@ def prior_reaches_q(model: nn.Module, image_shape: tuple[int, ...]) -> str:
         if any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads.get(name, {})))
     ]
     return ", ".join(reached)
+
+
+def moved_off_init(params: dict) -> dict:
+    """``params`` each moved by 1e-3 N(0, 1) noise (key 0): where a gradient is tested for
+    zeros, so that a block initialized to the identity or to zero, whose inner weights get no
+    gradient at exactly their initial values, is not taken for unreached."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    moved = [
+        x + 1e-3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(tree, moved)
 
 
 def init_state(parts: Parts, seed: int) -> TrainState:

@@ -29,7 +29,7 @@ from vae_jax.core.train_step import (
 )
 from vae_jax.outputs.workdir import is_writer
 from vae_jax.parallel import compile_fast
-from vae_jax.parts import Parts, full_weight_loss
+from vae_jax.parts import Parts, full_weight_loss, moved_off_init
 
 
 class CompiledStep(NamedTuple):
@@ -84,13 +84,7 @@ def parameters_without_gradient(
     gradient = make_gradient(full_weight_loss(parts), **_batching(parts))
 
     def grads(state, images):
-        leaves, tree = jax.tree.flatten(state.params)
-        keys = jax.random.split(jax.random.key(0), len(leaves))
-        moved = [
-            x + 1e-3 * jax.random.normal(k, x.shape, x.dtype)
-            for x, k in zip(leaves, keys, strict=True)
-        ]
-        state = state._replace(params=jax.tree.unflatten(tree, moved))
+        state = state._replace(params=moved_off_init(state.params))
         perm = epoch_permutation(state.root, jnp.int32(0), len(images))
         return gradient(state, images, perm, noise_scale)[1]
 
