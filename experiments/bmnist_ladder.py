@@ -13,8 +13,9 @@ warm-up cost 20 nats after 3 epochs in a pilot), gradients clipped at norm 200.
 
 Measured on 2 CPU cores (AMD EPYC, AVX-512), 2026-12-03: ~500-660 images/s, 32 epochs in 57.8
 minutes of the machine's CPU (62.9 min wall; 23% of that CPU time in the kernel, mostly page
-faults of memory freed and mapped again each step: docs/cpu_speed.md). Test
--ELBO (nats/image) 106.38 after epoch 1, 91.35 after 10, 86.96 after 32 (rate 34.70 = 12.24 +
+faults of memory freed and mapped again each step; four steps a call, `train.steps_per_call`,
+since then, share one allocation: the same numbers bit for bit, ~11% faster; docs/cpu_speed.md).
+Test -ELBO (nats/image) 106.38 after epoch 1, 91.35 after 10, 86.96 after 32 (rate 34.70 = 12.24 +
 8.14 + 4.65 + 9.66 by group, top first, + distortion 52.26; active units 39/392, 272/392,
 1,163/1,568, 1,069/1,568). IWAE NLL bound, k=5000, on the first 2,000 test images:
 **82.84 +- 0.44 nats** (78 min at ~2,140 samples/s), against Burda et al.'s two-layer IWAE
@@ -45,6 +46,7 @@ def get_config():
     config.train.learning_rate = 2e-3
     config.train.grad_clip_norm = 200.0
     config.train.log_every_steps = 100
+    config.train.steps_per_call = 4  # one buffer allocation per 4 steps: same numbers, faster
     config.objective.kl_warmup_steps = 500
     config.checkpoint.max_to_keep = 100  # every epoch's, for the NLL-vs-time curve
     config.eval.iwae_k = 5000

@@ -318,3 +318,50 @@ def test_a_scheduled_run_resumes_bit_exactly(tmp_path, data):
     assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == before
     train_and_evaluate(small_config({"train.num_epochs": 2}), tmp_path / "constant", data)
     assert [r["epoch"] for r in read_jsonl(tmp_path / "constant" / "metrics.jsonl")] == [1, 2]
+
+
+def test_several_steps_per_call_compute_what_single_steps_do(tmp_path, data):
+    """train.steps_per_call=3 over 8 steps an epoch, log points every 4, a save every 10: calls
+    of 3 and of 1 mix, none passes a log point, a save or the epoch's end, and the run is bit
+    for bit the one called step by step, also resumed from it."""
+    every = {"train.num_epochs": 3, "checkpoint.every_steps": 10, "checkpoint.max_to_keep": 20}
+    one = train_and_evaluate(small_config(every), tmp_path / "one", data)
+    three = train_and_evaluate(small_config({**every, "train.steps_per_call": 3}),
+                               tmp_path / "three", data)  # fmt: skip
+    train_and_evaluate(small_config({**every, "train.num_epochs": 1}), tmp_path / "mixed", data)
+    train_and_evaluate(small_config({**every, "train.steps_per_call": 3}), tmp_path / "mixed", data)
+    _, a, _ = restore_run(tmp_path / "one")
+    for other in ("three", "mixed"):
+        _assert_trees_equal(a, restore_run(tmp_path / other)[1])
+    timing = ("train_seconds", "images_per_sec", "eval_seconds", "compile_seconds", "cpu_seconds")
+    for x, y in zip(one, three, strict=True):
+        assert {k: v for k, v in x.items() if k not in (*timing, "time")} == {
+            k: v for k, v in y.items() if k not in (*timing, "time")
+        }
+
+    def running(run):  # the running train loss at the log points
+        events = _tensorboard_events(tmp_path / run / "tensorboard")
+        return sorted((step, v) for tag, step, v in events if tag == "train/loss_running_nats")
+
+    assert running("one") and running("one") == running("three")
+    saved = sorted(int(p.name) for p in (tmp_path / "three" / "checkpoints").iterdir()
+                   if p.name.isdigit())  # fmt: skip
+    assert saved == [8, 10, 16, 20, 24]
+
+
+def test_calls_of_several_steps_end_at_every_point_the_loop_looks_at():
+    """Epoch ends (8 steps), log points (4), saves (10), the bench's last step (21)."""
+    from types import SimpleNamespace
+
+    from vae_jax.training.steps import call_size
+
+    config = small_config({"checkpoint.every_steps": 10, "train.steps_per_call": 3})
+    parts = SimpleNamespace(steps_per_epoch=8, config=config)
+    step, calls = 0, []
+    while step < 21:
+        n = call_size(3, step % 8, step, parts, until=21)
+        calls.append(n)
+        step += n
+    ends = np.cumsum(calls).tolist()
+    assert calls.count(3) >= 4 and set(calls) == {1, 3} and ends[-1] == 21
+    assert {4, 8, 10, 12, 16, 20} <= set(ends)

@@ -52,6 +52,10 @@ GENERAL: dict[str, Setting] = {
     "train.num_epochs": Setting(10, POSITIVE_INT, "epochs; raise it to train a run longer "
                                 "(constant schedule)", resumable=True),
     "train.log_every_steps": Setting(50, POSITIVE_INT, "progress-bar updates", resumable=True),
+    "train.steps_per_call": Setting(
+        1, POSITIVE_INT, "training steps compiled into one call, unrolled (4: XLA:CPU allocates "
+        "a step's buffers once per call, 10-13% faster for conv models; bit for bit the same)",
+        resumable=True),
     # Evaluation never changes what is trained: every eval key may change on resume.
     "eval.batch_size": Setting(1000, POSITIVE_INT, "test images per chunk", resumable=True),
     "eval.num_samples": Setting(1, POSITIVE_INT, "posterior samples per test image for the -ELBO",

@@ -1,10 +1,17 @@
 """The train step compiled once for the devices, and the steps run between two host syncs.
 
 :func:`compile_step` compiles :func:`vae_jax.core.train_step.make_train_step` ahead of time for
-one run, or for several trained together (vmapped over their states, sums and noise scales);
-:func:`run_steps` runs it from a step to the epoch's end or a pause, under
+one run, or for several trained together (vmapped over their states, sums and noise scales),
+and, with ``train.steps_per_call`` > 1, that many steps unrolled into one call as well;
+:func:`run_steps` runs them from a step to the epoch's end or a pause, under
 ``jax.transfer_guard("disallow")``, reading the running loss one log point late so that it
 never waits for the devices.
+
+Why several steps a call: XLA:CPU allocates a call's temporary buffers (76 MB for the ResNet
+VAE's step) at each call and returns them to the system after it, so every call faults them
+in again. Unrolled steps share one allocation; they compute exactly what the same steps called
+one by one compute (tests/training/test_training.py). A ``lax.fori_loop`` over the step would
+compile once, but XLA:CPU runs convolutions in a loop body ~50x slower.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class CompiledStep(NamedTuple):
     permute: Callable  # (state.rng, epoch) -> the epoch's permutation of the training set
     seconds: float  # spent compiling
     models: int
+    steps: Callable | None = None  # as step, ``per_call`` steps in one call (None: 1)
+    per_call: int = 1
 
 
 class Segment(NamedTuple):
@@ -115,16 +124,30 @@ def compile_step(
     def step(state, sums, images, perm):
         return train_step(state, sums, images, perm, scales)
 
+    per_call = parts.config.train.steps_per_call
+
+    def steps(state, sums, images, perm):  # per_call steps, unrolled
+        for _ in range(per_call):
+            state, sums = step(state, sums, images, perm)
+        return state, sums
+
     start = time.perf_counter()
     state_sharding = jax.tree.map(lambda _: repl, state)
     sums_sharding = jax.tree.map(lambda _: repl, sums)
-    lowered = jax.jit(
-        step,
-        in_shardings=(state_sharding, sums_sharding, repl, repl),
-        out_shardings=(state_sharding, sums_sharding),
-        donate_argnums=0,
-    ).lower(state, sums, images, permute(state.rng, jnp.int32(0)))
-    return CompiledStep(compile_fast(lowered), permute, time.perf_counter() - start, models)
+    perm = permute(state.rng, jnp.int32(0))
+
+    def compiled(fn: Callable) -> Callable:
+        return compile_fast(
+            jax.jit(
+                fn,
+                in_shardings=(state_sharding, sums_sharding, repl, repl),
+                out_shardings=(state_sharding, sums_sharding),
+                donate_argnums=0,
+            ).lower(state, sums, images, perm)
+        )
+
+    one, several = compiled(step), compiled(steps) if per_call > 1 else None
+    return CompiledStep(one, permute, time.perf_counter() - start, models, several, per_call)
 
 
 def run_steps(
@@ -136,9 +159,12 @@ def run_steps(
     epoch: int,
     start: int,
     pause: Callable[[int], bool],
+    until: int | None = None,
 ) -> Segment:
     """Run epoch ``epoch`` (1-based) from its step ``start`` to its end, or until
-    ``pause(global_step)`` is true after a step, or a non-finite loss shows up."""
+    ``pause(global_step)`` is true after a call, or a non-finite loss shows up, or (when given)
+    global step ``until`` is reached. A call of several steps never passes a point at which the
+    loop has to look (see :func:`call_size`)."""
     steps_per_epoch, t = parts.steps_per_epoch, parts.config.train
     perm = compiled.permute(state.rng, jnp.int32(epoch - 1))
     per_step = t.batch_size * compiled.models  # images/s counts every run's images
@@ -151,9 +177,11 @@ def run_steps(
     losses = []
     # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
     with jax.transfer_guard("disallow"):
-        while i < steps_per_epoch:
-            state, sums = compiled.step(state, sums, images, perm)
-            i, step = i + 1, step + 1
+        while i < steps_per_epoch and (until is None or step < until):
+            n = call_size(compiled.per_call, i, step, parts, until)
+            call = compiled.step if n == 1 else compiled.steps
+            state, sums = call(state, sums, images, perm)
+            i, step = i + n, step + n
             if i % t.log_every_steps == 0 or i == steps_per_epoch:
                 if logged is not None:
                     seen = jax.device_get(logged[0])
@@ -170,3 +198,17 @@ def run_steps(
     seconds = time.perf_counter() - t0
     bar.close()
     return Segment(state, sums, step, i - start, seconds, losses)
+
+
+def call_size(per_call: int, i: int, step: int, parts: Parts, until: int | None) -> int:
+    """``per_call`` when that many steps from step ``i`` of the epoch (global ``step``) end
+    before the next point the loop must stop at, else 1. Those points: the epoch's end, a log
+    point, a save every ``checkpoint.every_steps``, a multi-process pause agreement (every
+    ``train.log_every_steps`` global steps) and ``until``."""
+    log_every, save_every = parts.config.train.log_every_steps, parts.config.checkpoint.every_steps
+    room = min(parts.steps_per_epoch - i, log_every - i % log_every, log_every - step % log_every)
+    if save_every > 0:
+        room = min(room, save_every - step % save_every)
+    if until is not None:
+        room = min(room, until - step)
+    return per_call if room >= per_call else 1
