@@ -13,8 +13,9 @@ warm-up cost 20 nats after 3 epochs in a pilot), gradients clipped at norm 200.
 
 Measured on 2 CPU cores (AMD EPYC, AVX-512), 2026-12-03: ~500-660 images/s, 32 epochs in 57.8
 minutes of the machine's CPU (62.9 min wall; 23% of that CPU time in the kernel, mostly page
-faults of memory freed and mapped again each step; four steps a call, `train.steps_per_call`,
-since then, share one allocation: the same numbers bit for bit, ~11% faster; docs/cpu_speed.md).
+faults of memory freed and mapped again each step). Since then four steps share a call
+(`train.steps_per_call`) and one allocation: the same numbers bit for bit, ~11% faster
+(docs/cpu_speed.md).
 Test -ELBO (nats/image) 106.38 after epoch 1, 91.35 after 10, 86.96 after 32 (rate 34.70 = 12.24 +
 8.14 + 4.65 + 9.66 by group, top first, + distortion 52.26; active units 39/392, 272/392,
 1,163/1,568, 1,069/1,568). IWAE NLL bound, k=5000, on the first 2,000 test images:

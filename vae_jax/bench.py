@@ -100,7 +100,7 @@ def _run_steps(trainer: _Trainer, state, sums, step: int, steps: int) -> tuple:
     while step < target:
         epoch, start = divmod(step, parts.steps_per_epoch)
         segment = run_steps(parts, compiled, state, sums, images, epoch + 1, start,
-                            lambda s: s >= target, until=target)  # fmt: skip
+                            lambda _: False, until=target)  # fmt: skip
         state, sums, step = segment.state, segment.sums, segment.step
         seconds += segment.seconds
     return state, sums, step, seconds

@@ -359,7 +359,7 @@ def test_calls_of_several_steps_end_at_every_point_the_loop_looks_at():
     parts = SimpleNamespace(steps_per_epoch=8, config=config)
     step, calls = 0, []
     while step < 21:
-        n = call_size(3, step % 8, step, parts, until=21)
+        n = call_size(step % 8, step, parts, until=21)
         calls.append(n)
         step += n
     ends = np.cumsum(calls).tolist()

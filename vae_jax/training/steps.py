@@ -46,8 +46,7 @@ class CompiledStep(NamedTuple):
     permute: Callable  # (state.rng, epoch) -> the epoch's permutation of the training set
     seconds: float  # spent compiling
     models: int
-    steps: Callable | None = None  # as step, ``per_call`` steps in one call (None: 1)
-    per_call: int = 1
+    steps: Callable | None = None  # as step, train.steps_per_call steps in one call (None: 1)
 
 
 class Segment(NamedTuple):
@@ -147,7 +146,7 @@ def compile_step(
         )
 
     one, several = compiled(step), compiled(steps) if per_call > 1 else None
-    return CompiledStep(one, permute, time.perf_counter() - start, models, several, per_call)
+    return CompiledStep(one, permute, time.perf_counter() - start, models, several)
 
 
 def run_steps(
@@ -178,7 +177,7 @@ def run_steps(
     # Any implicit host<->device transfer in the loop is an error; the reads are explicit.
     with jax.transfer_guard("disallow"):
         while i < steps_per_epoch and (until is None or step < until):
-            n = call_size(compiled.per_call, i, step, parts, until)
+            n = call_size(i, step, parts, until)
             call = compiled.step if n == 1 else compiled.steps
             state, sums = call(state, sums, images, perm)
             i, step = i + n, step + n
@@ -200,12 +199,13 @@ def run_steps(
     return Segment(state, sums, step, i - start, seconds, losses)
 
 
-def call_size(per_call: int, i: int, step: int, parts: Parts, until: int | None) -> int:
-    """``per_call`` when that many steps from step ``i`` of the epoch (global ``step``) end
-    before the next point the loop must stop at, else 1. Those points: the epoch's end, a log
-    point, a save every ``checkpoint.every_steps``, a multi-process pause agreement (every
-    ``train.log_every_steps`` global steps) and ``until``."""
-    log_every, save_every = parts.config.train.log_every_steps, parts.config.checkpoint.every_steps
+def call_size(i: int, step: int, parts: Parts, until: int | None) -> int:
+    """``train.steps_per_call`` when that many steps from step ``i`` of the epoch (global
+    ``step``) end before the next point the loop must stop at, else 1. Those points: the epoch's
+    end, a log point, a save every ``checkpoint.every_steps``, a multi-process pause agreement
+    (every ``train.log_every_steps`` global steps) and ``until``."""
+    per_call, log_every = parts.config.train.steps_per_call, parts.config.train.log_every_steps
+    save_every = parts.config.checkpoint.every_steps
     room = min(parts.steps_per_epoch - i, log_every - i % log_every, log_every - step % log_every)
     if save_every > 0:
         room = min(room, save_every - step % save_every)
