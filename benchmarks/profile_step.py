@@ -3,12 +3,21 @@
 
     .venv/bin/python benchmarks/profile_step.py mnist_z20            # vae_jax
     .venv-torch/bin/python benchmarks/profile_step.py --torch conv   # the PyTorch peer
+    .venv/bin/python benchmarks/profile_step.py --layers resnet       # each conv layer, vae_jax
+    .venv-torch/bin/python benchmarks/profile_step.py --layers --torch resnet   # ... PyTorch
 
 vae_jax: the real step (``vae_jax.bench``'s trainer) runs ``--steps`` steps under the profiler;
 each XLA op's time is summed and grouped by the model part its HLO metadata names (encoder
 Conv_0, decoder ConvTranspose_1, ...), forward or backward, and the optimizer. The profiler's
 per-op overhead slows the step (compare its images/s with ``make bench``), so read the shares,
 not the absolute times. PyTorch: self CPU time per aten op over the same number of steps.
+
+XLA:CPU's profiler times a convolution that Eigen runs only up to its launch, so the op table
+misses the convs; ``--layers conv`` / ``--layers resnet`` times each conv layer of the seed
+(batch 100) or of the ResNet VAE (bmnist_resnet's shapes, batch 128) instead, forward and
+forward plus backward, as vae_jax computes it (``nn.Conv`` for the 3x3 convs, ``conv_impl=auto``
+for the strided ones; 8 copies a compiled call, as in a step) or, with ``--torch``, as the
+PyTorch peer does (channels-last, 2 threads).
 """
 
 from __future__ import annotations
@@ -112,13 +121,136 @@ def profile_torch(model: str, steps: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+# The conv layers of the seed (mnist_z20, batch 100) and of bmnist_resnet (batch 128): (name,
+# input [H, W, C], out channels, kernel, kind: stride-2 "down" / transposed "up" / stride-1
+# "same", input gradient needed, count in one step).
+SEED_LAYERS = [
+    ("Conv_0 5x5/2 1->16", (28, 28, 1), 16, 5, "down", False, 1),
+    ("Conv_1 5x5/2 16->32", (14, 14, 16), 32, 5, "down", True, 1),
+    ("ConvTranspose_0 5x5/2T 32->16", (7, 7, 32), 16, 5, "up", True, 1),
+    ("ConvTranspose_1 5x5/2T 16->1", (14, 14, 16), 1, 5, "up", True, 1),
+]
+COPIES = 8  # vae_jax: copies of a layer per compiled call (times are per copy)
+RESNET_LAYERS = [
+    ("Down_0 5x5/2 1->32", (28, 28, 1), 32, 5, "down", False, 1),
+    ("Down_1 5x5/2 32->64", (14, 14, 32), 64, 5, "down", True, 1),
+    ("Up_0 5x5/2T 64->32", (7, 7, 64), 32, 5, "up", True, 1),
+    ("Up_1 5x5/2T 32->1", (14, 14, 32), 1, 5, "up", True, 1),
+    ("ResBlock 3x3 32->32 at 14x14", (14, 14, 32), 32, 3, "same", True, 4),
+    ("ResBlock 3x3 64->64 at 7x7", (7, 7, 64), 64, 3, "same", True, 4),
+]
+
+
+def _best_ms(fn, reps: int = 7, n: int = 30) -> float:
+    """The fastest of ``reps`` means over ``n`` calls of ``fn`` (which blocks), in ms."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - start) / n * 1e3)
+    return min(times)
+
+
+def _layer_fns_jax(shape, out, k, kind, input_grad, batch, copies=COPIES):
+    """The layer's forward, and its forward and backward, each ``copies`` times (on inputs
+    ``x + i``, summed) in one compiled call, as the step runs many layers in one call: one call
+    per layer pays XLA:CPU's per-call costs (thread wake-ups, buffers) ~1-2.5 ms more."""
+    import flax.linen as nn
+    import jax
+
+    from vae_jax.core.models.conv import Stride2Conv
+    from vae_jax.parallel import compile_fast
+
+    if kind == "same":
+        layer = nn.Conv(out, (k, k), padding="SAME")
+    else:
+        layer = Stride2Conv(out, kind == "up", "auto", k)
+    x = jax.random.normal(jax.random.key(0), (batch, *shape))
+    params = layer.init(jax.random.key(1), x)
+    g = jax.random.normal(jax.random.key(2), layer.apply(params, x).shape)
+
+    def forward(params, x):
+        return sum(layer.apply(params, x + i) for i in range(copies))
+
+    def one_backward(params, x):  # the output too, or XLA drops the forward pass
+        if input_grad:
+            y, vjp = jax.vjp(layer.apply, params, x)
+        else:
+            y, vjp = jax.vjp(lambda p: layer.apply(p, x), params)
+        return y, vjp(g)
+
+    def backward(params, x):
+        outs = [one_backward(params, x + i) for i in range(copies)]
+        return jax.tree.map(lambda *a: sum(a[1:], a[0]), *outs)
+
+    fwd = compile_fast(jax.jit(forward).lower(params, x))
+    bwd = compile_fast(jax.jit(backward).lower(params, x))
+    return (lambda: jax.block_until_ready(fwd(params, x)),
+            lambda: jax.block_until_ready(bwd(params, x)))  # fmt: skip
+
+
+def _layer_fns_torch(shape, out, k, kind, input_grad, batch):
+    import torch
+
+    h, w, c = shape
+    if kind == "same":
+        layer = torch.nn.Conv2d(c, out, k, padding=k // 2)
+    elif kind == "down":
+        layer = torch.nn.Conv2d(c, out, k, 2, padding=k // 2)
+    else:
+        layer = torch.nn.ConvTranspose2d(c, out, k, 2, k // 2, output_padding=1, bias=False)
+    layer = layer.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, c, h, w).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(input_grad)
+    g = torch.randn_like(layer(x)).contiguous(memory_format=torch.channels_last)
+
+    def forward():
+        with torch.no_grad():
+            layer(x)
+
+    def backward():
+        layer.zero_grad(set_to_none=True)
+        layer(x).backward(g)
+
+    return forward, backward
+
+
+def profile_layers(model: str, use_torch: bool) -> None:
+    models = {"conv": (SEED_LAYERS, 100), "resnet": (RESNET_LAYERS, 128)}
+    if model not in models:
+        raise SystemExit(f"--layers knows the conv layers of: {', '.join(models)}")
+    if use_torch:
+        import torch
+
+        torch.set_num_threads(2)
+    (layers, batch), fns = models[model], _layer_fns_torch if use_torch else _layer_fns_jax
+    per = 1 if use_torch else COPIES
+    print(f"{'PyTorch (channels-last)' if use_torch else f'vae_jax ({per} copies a call)'}, "
+          f"batch {batch}, ms per layer (fastest of 7 means of 30 calls)\n")  # fmt: skip
+    print("| layer | forward | forward + backward | in one step (x count) |\n|---|---|---|---|")
+    total = 0.0
+    for name, shape, out, k, kind, input_grad, count in layers:
+        forward, backward = fns(shape, out, k, kind, input_grad, batch)
+        f, b = _best_ms(forward) / per, _best_ms(backward) / per
+        total += count * b
+        print(f"| {name} | {f:.2f} | {b:.2f} | {count * b:.1f} (x{count}) |")
+    print(f"| all conv layers of one step | | | {total:.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("target", help="an experiment (vae_jax) or conv / mlp / resnet (--torch)")
     p.add_argument("--torch", action="store_true", help="profile the PyTorch peer")
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--layers", action="store_true", help="time each conv layer (conv, resnet)")
     args, overrides = p.parse_known_args()
-    if args.torch:
+    if args.layers:
+        profile_layers(args.target, args.torch)
+    elif args.torch:
         profile_torch(args.target, args.steps)
     else:
         profile_jax(args.target, args.steps, overrides)
