@@ -121,6 +121,7 @@ def profile_torch(model: str, steps: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+COPIES = 8  # vae_jax: copies of a layer per compiled call (times are per copy)
 # The conv layers of the seed (mnist_z20, batch 100) and of bmnist_resnet (batch 128): (name,
 # input [H, W, C], out channels, kernel, kind: stride-2 "down" / transposed "up" / stride-1
 # "same", input gradient needed, count in one step).
@@ -130,7 +131,6 @@ SEED_LAYERS = [
     ("ConvTranspose_0 5x5/2T 32->16", (7, 7, 32), 16, 5, "up", True, 1),
     ("ConvTranspose_1 5x5/2T 16->1", (14, 14, 16), 1, 5, "up", True, 1),
 ]
-COPIES = 8  # vae_jax: copies of a layer per compiled call (times are per copy)
 RESNET_LAYERS = [
     ("Down_0 5x5/2 1->32", (28, 28, 1), 32, 5, "down", False, 1),
     ("Down_1 5x5/2 32->64", (14, 14, 32), 64, 5, "down", True, 1),
@@ -155,8 +155,8 @@ def _best_ms(fn, reps: int = 7, n: int = 30) -> float:
     return min(times)
 
 
-def _layer_fns_jax(shape, out, k, kind, input_grad, batch, copies=COPIES):
-    """The layer's forward, and its forward and backward, each ``copies`` times (on inputs
+def _layer_fns_jax(shape, out, k, kind, input_grad, batch):
+    """The layer's forward, and its forward and backward, each :data:`COPIES` times (on inputs
     ``x + i``, summed) in one compiled call, as the step runs many layers in one call: one call
     per layer pays XLA:CPU's per-call costs (thread wake-ups, buffers) ~1-2.5 ms more."""
     import flax.linen as nn
@@ -174,7 +174,7 @@ def _layer_fns_jax(shape, out, k, kind, input_grad, batch, copies=COPIES):
     g = jax.random.normal(jax.random.key(2), layer.apply(params, x).shape)
 
     def forward(params, x):
-        return sum(layer.apply(params, x + i) for i in range(copies))
+        return sum(layer.apply(params, x + i) for i in range(COPIES))
 
     def one_backward(params, x):  # the output too, or XLA drops the forward pass
         if input_grad:
@@ -184,7 +184,7 @@ def _layer_fns_jax(shape, out, k, kind, input_grad, batch, copies=COPIES):
         return y, vjp(g)
 
     def backward(params, x):
-        outs = [one_backward(params, x + i) for i in range(copies)]
+        outs = [one_backward(params, x + i) for i in range(COPIES)]
         return jax.tree.map(lambda *a: sum(a[1:], a[0]), *outs)
 
     fwd = compile_fast(jax.jit(forward).lower(params, x))
@@ -243,7 +243,8 @@ def profile_layers(model: str, use_torch: bool) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("target", help="an experiment (vae_jax) or conv / mlp / resnet (--torch)")
+    targets = "an experiment (vae_jax); conv / mlp / resnet (--torch); conv / resnet (--layers)"
+    p.add_argument("target", help=targets)
     p.add_argument("--torch", action="store_true", help="profile the PyTorch peer")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--layers", action="store_true", help="time each conv layer (conv, resnet)")
